@@ -1,0 +1,355 @@
+"""Every CLI command through click's CliRunner, against the saas-stub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from sandboxer import __version__
+from sandboxer.cli import cli
+
+
+def run(runner: CliRunner, *arguments: str, input: bytes | None = None) -> Result:
+    return runner.invoke(cli, list(arguments), input=input, catch_exceptions=False)
+
+
+def run_json(runner: CliRunner, *arguments: str) -> Any:
+    result = run(runner, *arguments, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def sandbox(runner: CliRunner) -> dict[str, Any]:
+    created: dict[str, Any] = run_json(
+        runner,
+        "create",
+        "--extension",
+        "ext.saas-stub",
+        "--name",
+        "demo",
+        "--label",
+        "team=qa",
+    )
+    return created
+
+
+def test_version_is_printed(runner: CliRunner) -> None:
+    result = run(runner, "--version")
+    assert result.exit_code == 0
+    assert __version__ in result.stdout
+
+
+def test_every_command_has_help(runner: CliRunner) -> None:
+    commands = [
+        ["extensions", "list"],
+        ["profiles", "list"],
+        ["profiles", "show"],
+        ["create"],
+        ["list"],
+        ["get"],
+        ["exec"],
+        ["cp"],
+        ["destroy"],
+        ["extend"],
+        ["label"],
+        ["reap"],
+        ["snapshot"],
+        ["restore"],
+        ["snapshots", "list"],
+        ["snapshots", "get"],
+        ["snapshots", "delete"],
+        ["serve"],
+    ]
+    for command in commands:
+        result = run(runner, *command, "--help")
+        assert result.exit_code == 0, command
+        assert "Usage:" in result.stdout
+
+
+def test_extensions_list_json_shows_the_stub_with_version_and_capabilities(
+    runner: CliRunner,
+) -> None:
+    (stub,) = run_json(runner, "extensions", "list")
+    assert stub["id"] == "ext.saas-stub"
+    assert stub["status"] == "loaded"
+    assert stub["version"]
+    assert "snapshots" in stub["capabilities"]
+    assert "sandboxer_exec" in stub["hooks"]
+
+
+def test_extensions_list_table(runner: CliRunner) -> None:
+    result = run(runner, "extensions", "list")
+    assert result.exit_code == 0
+    assert "ext.saas-stub" in result.stdout and "loaded" in result.stdout
+
+
+def test_profiles_list_and_show_include_builtins(runner: CliRunner) -> None:
+    names = [profile["name"] for profile in run_json(runner, "profiles", "list")]
+    assert "profile.compose-checkpoint" in names
+    shown = run_json(runner, "profiles", "show", "profile.compose-checkpoint")
+    assert shown["extension"] == "ext.compose-ssh"
+    assert shown["snapshots"]["enabled"] is True
+    table = run(runner, "profiles", "show", "compose-checkpoint")
+    assert "settings.workspace" in table.stdout
+
+
+def test_user_profile_from_config_file(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[profiles."profile.fast-stub"]\nextension = "ext.saas-stub"\n'
+        '[profiles."profile.fast-stub".settings]\nprovision_delay = 0\n'
+    )
+    record = run_json(runner, "create", "--profile", "profile.fast-stub")
+    assert record["profile"] == "profile.fast-stub"
+    assert record["config"]["provision_delay"] == 0
+
+
+def test_create_prints_a_ready_sandbox(sandbox: dict[str, Any]) -> None:
+    assert sandbox["status"] == "ready"
+    assert sandbox["extension"] == "ext.saas-stub"
+    assert sandbox["name"] == "demo"
+    assert sandbox["labels"] == {"team": "qa"}
+    assert sandbox["id"].startswith("sb-")
+
+
+def test_create_table_output(runner: CliRunner) -> None:
+    result = run(runner, "create", "-e", "ext.saas-stub")
+    assert result.exit_code == 0
+    assert "status" in result.stdout and "ready" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["_x", "ÄÖ", "", "a b", "x" * 64])
+def test_invalid_names_are_refused_in_one_line(runner: CliRunner, name: str) -> None:
+    result = run(runner, "create", "-e", "ext.saas-stub", "--name", name)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "invalid sandbox name" in result.stderr
+    assert run_json(runner, "list") == []
+
+
+def test_names_differing_in_case_are_distinct_sandboxes(runner: CliRunner) -> None:
+    upper = run_json(runner, "create", "-e", "ext.saas-stub", "--name", "My.Sandbox")
+    lower = run_json(runner, "create", "-e", "ext.saas-stub", "--name", "my.sandbox")
+    assert run_json(runner, "get", "My.Sandbox")["id"] == upper["id"]
+    assert run_json(runner, "get", "my.sandbox")["id"] == lower["id"]
+    run(runner, "destroy", "my.sandbox")
+    assert run_json(runner, "get", "My.Sandbox")["status"] == "ready"
+
+
+def test_duplicate_name_is_a_conflict(
+    runner: CliRunner, sandbox: dict[str, Any]
+) -> None:
+    result = run(runner, "create", "-e", "ext.saas-stub", "--name", "demo")
+    assert result.exit_code == 4
+    assert "already exists" in result.stderr
+
+
+def test_list_filters_and_table(runner: CliRunner, sandbox: dict[str, Any]) -> None:
+    run_json(runner, "create", "-e", "ext.saas-stub", "--label", "team=dev")
+    assert [r["id"] for r in run_json(runner, "list", "--label", "team=qa")] == [
+        sandbox["id"]
+    ]
+    assert len(run_json(runner, "list", "--status", "ready")) == 2
+    assert run_json(runner, "list", "--extension", "ext.other") == []
+    table = run(runner, "list")
+    assert sandbox["id"] in table.stdout and "demo" in table.stdout
+
+
+def test_get_by_id_and_name(runner: CliRunner, sandbox: dict[str, Any]) -> None:
+    assert run_json(runner, "get", sandbox["id"])["name"] == "demo"
+    assert run_json(runner, "get", "demo", "--refresh")["status"] == "ready"
+    assert "restored_from" in run(runner, "get", "demo").stdout
+
+
+def test_unknown_id_fails_with_one_clear_line(runner: CliRunner) -> None:
+    for command in (["get"], ["destroy"], ["exec"], ["snapshot"]):
+        arguments = [*command, "sb-000000000000"] + (
+            ["--", "true"] if command == ["exec"] else []
+        )
+        result = run(runner, *arguments)
+        assert result.exit_code == 3, command
+        assert result.stderr == (
+            "sandboxer: error: sandbox 'sb-000000000000' not found; "
+            "`sandboxer list` shows existing sandboxes\n"
+        )
+
+
+def test_exec_passes_stdout_and_exit_code(
+    runner: CliRunner, sandbox: dict[str, Any]
+) -> None:
+    result = run(runner, "exec", "demo", "--", "echo", "hello", "world")
+    assert result.exit_code == 0
+    assert result.stdout == "hello world\n"
+    assert run(runner, "exec", "demo", "--", "sh", "-c", "exit 3").exit_code == 3
+    assert run(runner, "exec", "demo", "--", "false").exit_code == 1
+
+
+def test_exec_streams_stdin(runner: CliRunner, sandbox: dict[str, Any]) -> None:
+    result = run(runner, "exec", "demo", "--", "cat", input=b"piped\x00bytes")
+    assert result.stdout_bytes == b"piped\x00bytes"
+
+
+def test_exec_json_reports_captured_output(
+    runner: CliRunner, sandbox: dict[str, Any]
+) -> None:
+    result = run(runner, "exec", "--json", "demo", "--", "echo", "hi")
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 0
+    assert document["stdout"] == "hi\n"
+    assert document["stdout_truncated"] is False
+
+
+def test_exec_timeout_exits_124(runner: CliRunner, sandbox: dict[str, Any]) -> None:
+    result = run(runner, "exec", "--timeout", "0.2", "demo", "--", "sleep", "30")
+    assert result.exit_code == 124
+    assert "timed out" in result.stderr
+
+
+def test_exec_of_unsupported_command_names_the_extension(
+    runner: CliRunner, sandbox: dict[str, Any]
+) -> None:
+    result = run(runner, "exec", "demo", "--", "python3", "-V")
+    assert result.exit_code == 5
+    assert "not supported by ext.saas-stub" in result.stderr
+
+
+def test_cp_round_trip(
+    runner: CliRunner, sandbox: dict[str, Any], tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "file.txt").write_text("content")
+    (tree / "link").symlink_to("sub/file.txt")
+
+    assert run(runner, "cp", str(tree), "demo:/workspace/").exit_code == 0
+    assert (
+        run(runner, "exec", "demo", "--", "cat", "/workspace/tree/sub/file.txt").stdout
+        == "content"
+    )
+    back = tmp_path / "back"
+    result = run(runner, "cp", "demo:/workspace/tree", str(back))
+    assert result.exit_code == 0, result.stderr
+
+    assert (back / "sub" / "file.txt").read_text() == "content"
+    assert (back / "link").readlink() == Path("sub/file.txt")
+
+
+def test_cp_renames_a_single_file(
+    runner: CliRunner, sandbox: dict[str, Any], tmp_path: Path
+) -> None:
+    source = tmp_path / "a.txt"
+    source.write_text("A")
+    assert run(runner, "cp", str(source), "demo:/workspace/b.txt").exit_code == 0
+    assert run(runner, "exec", "demo", "--", "cat", "/workspace/b.txt").stdout == "A"
+
+
+def test_cp_needs_exactly_one_sandbox_side(runner: CliRunner, tmp_path: Path) -> None:
+    result = run(runner, "cp", str(tmp_path), str(tmp_path))
+    assert result.exit_code == 2
+    assert "exactly one of SOURCE and DESTINATION" in result.stderr
+
+
+def test_destroy_is_idempotent(runner: CliRunner, sandbox: dict[str, Any]) -> None:
+    assert run_json(runner, "destroy", "demo")["status"] == "destroyed"
+    assert run_json(runner, "destroy", sandbox["id"])["status"] == "destroyed"
+    assert run_json(runner, "list") == []
+    assert len(run_json(runner, "list", "--all")) == 1
+
+
+def test_destroy_failure_keeps_record_failed_and_force_forgets_it(
+    runner: CliRunner, sandbox: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SANDBOXER_SAAS_STUB_FAIL_ON", "destroy")
+    result = run(runner, "destroy", "demo")
+    assert result.exit_code == 6
+    assert "injected fault in destroy" in result.stderr
+    assert run_json(runner, "get", "demo")["status"] == "failed"
+    assert run_json(runner, "destroy", "demo", "--force")["status"] == "destroyed"
+
+
+def test_extend_and_label(runner: CliRunner, sandbox: dict[str, Any]) -> None:
+    extended = run_json(runner, "extend", "demo", "--ttl", "600")
+    assert extended["ttl_seconds"] == 600
+    labelled = run_json(runner, "label", "demo", "owner=me", "team-")
+    assert labelled["labels"] == {"owner": "me"}
+
+
+def test_reap_destroys_expired_sandboxes(runner: CliRunner) -> None:
+    import time
+
+    record = run_json(runner, "create", "-e", "ext.saas-stub", "--ttl", "1")
+    time.sleep(1.1)
+    assert [r["id"] for r in run_json(runner, "reap", "--dry-run")["sandboxes"]] == [
+        record["id"]
+    ]
+    assert run_json(runner, "get", record["id"])["status"] == "ready"
+    reaped = run_json(runner, "reap", "--orphans")
+    assert [r["status"] for r in reaped["sandboxes"]] == ["destroyed"]
+    assert reaped["orphans"] == []
+
+
+def test_create_failure_leaves_a_failed_record_not_a_ready_one(
+    runner: CliRunner,
+) -> None:
+    result = run(
+        runner, "create", "-e", "ext.saas-stub", "--set", 'fail_on=["provision"]'
+    )
+    assert result.exit_code == 6
+    (record,) = run_json(runner, "list")
+    assert record["status"] == "failed"
+    assert "injected fault in provision" in record["error"]
+
+
+def test_bad_setting_names_the_key(runner: CliRunner) -> None:
+    result = run(runner, "create", "-e", "ext.saas-stub", "--set", "colour=blue")
+    assert result.exit_code == 2
+    assert "settings.colour" in result.stderr
+    assert run_json(runner, "list", "--all") == []
+
+
+def test_malformed_pairs_are_refused(runner: CliRunner) -> None:
+    result = run(runner, "create", "-e", "ext.saas-stub", "--label", "novalue")
+    assert result.exit_code == 2
+    assert "KEY=VALUE" in result.stderr
+
+
+def test_snapshot_commands(runner: CliRunner, sandbox: dict[str, Any]) -> None:
+    snapshot = run_json(runner, "snapshot", "demo", "--label", "kind=nightly")
+    assert snapshot["status"] == "ready"
+    assert snapshot["size_bytes"] > 0 and len(snapshot["sha256"]) == 64
+    listed = run_json(runner, "snapshots", "list", "--label", "kind=nightly")
+    assert [s["id"] for s in listed] == [snapshot["id"]]
+    assert (
+        run_json(runner, "snapshots", "get", snapshot["id"])["sandbox_id"]
+        == sandbox["id"]
+    )
+    assert snapshot["id"] in run(runner, "snapshots", "list").stdout
+
+    restored = run_json(runner, "restore", snapshot["id"], "--name", "copy")
+    assert restored["restored_from"] == snapshot["id"]
+    assert restored["status"] == "ready"
+    assert run_json(runner, "get", "demo")["status"] == "ready"
+
+    assert (
+        run_json(runner, "snapshots", "delete", snapshot["id"])["status"] == "deleted"
+    )
+    assert run_json(runner, "snapshots", "list") == []
+    result = run(runner, "restore", snapshot["id"])
+    assert result.exit_code == 4
+    assert "only a ready snapshot can be restored" in result.stderr
+
+
+def test_unknown_snapshot_is_not_found(runner: CliRunner) -> None:
+    result = run(runner, "snapshots", "get", "snap-000000000000")
+    assert result.exit_code == 3
+    assert "`sandboxer snapshots list`" in result.stderr
+
+
+def test_serve_refuses_public_bind_without_token(runner: CliRunner) -> None:
+    result = run(runner, "serve", "--host", "0.0.0.0")
+    assert result.exit_code == 2
+    assert "without a token" in result.stderr
