@@ -225,4 +225,9 @@ def sandboxer_restore_from_snapshot(
 
 @hookspec(firstresult=True)
 def sandboxer_delete_snapshot(snapshot: SnapshotRecord) -> None:
-    """Remove the stored data of a snapshot. Idempotent. Optional."""
+    """Remove the stored data of a snapshot. Idempotent. Optional.
+
+    Called by `snapshots delete`, by the manager to clean up after a failed
+    snapshot (the record is then `failed`), and by `reap` for a snapshot left
+    `pending` by a process that died; remove partial data in those cases too.
+    """
