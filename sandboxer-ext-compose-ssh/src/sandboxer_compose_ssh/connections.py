@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import fabric
 import paramiko
 
 from sandboxer.errors import BackendError
@@ -371,7 +372,25 @@ class SshConnection(Connection):
 
     def _connect(self) -> paramiko.SSHClient:
         host = self.host
-        client = paramiko.SSHClient()
+        use_default_keys = host.identity_file is None
+        # fabric opens the connection; its client would add unknown host keys
+        # on its own, so the policy is replaced before anything is sent.
+        connection = fabric.Connection(
+            host=host.hostname or "",
+            user=host.username,
+            port=host.port,
+            connect_timeout=host.connect_timeout,
+            connect_kwargs={
+                "key_filename": host.identity_file,
+                "allow_agent": use_default_keys,
+                "look_for_keys": use_default_keys,
+                "banner_timeout": host.connect_timeout,
+                "auth_timeout": host.connect_timeout,
+                "channel_timeout": host.connect_timeout,
+            },
+            config=fabric.Config(lazy=True),
+        )
+        client: paramiko.SSHClient = connection.client
         try:
             client.load_host_keys(host.known_hosts)
         except FileNotFoundError:
@@ -387,20 +406,8 @@ class SshConnection(Connection):
             ) from error
         client.set_missing_host_key_policy(_RejectUnknownHostKey())
 
-        use_default_keys = host.identity_file is None
         try:
-            client.connect(
-                hostname=host.hostname or "",
-                port=host.port,
-                username=host.username,
-                key_filename=host.identity_file,
-                allow_agent=use_default_keys,
-                look_for_keys=use_default_keys,
-                timeout=host.connect_timeout,
-                banner_timeout=host.connect_timeout,
-                auth_timeout=host.connect_timeout,
-                channel_timeout=host.connect_timeout,
-            )
+            connection.open()
         except UnknownHostKeyError as error:
             client.close()
             raise BackendError(_unknown_key_message(host, error.key)) from None
