@@ -23,6 +23,9 @@ from sandboxer.cli.context import CliState
 from sandboxer.errors import SandboxerError
 
 
+NOISY_LIBRARIES = ("invoke", "paramiko", "fabric", "httpx", "httpcore", "asyncio")
+
+
 class SandboxerGroup(click.Group):
     """A click group that reports sandboxer errors as one line on stderr."""
 
@@ -98,6 +101,10 @@ def cli(
             format="%(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        # Libraries under the extensions log their own internals at DEBUG;
+        # -vv is about the commands sandboxer runs, so keep those quieter.
+        for library in NOISY_LIBRARIES:
+            logging.getLogger(library).setLevel(logging.WARNING)
     if token_file:
         with open(token_file, encoding="utf-8") as file:
             token = file.read().strip()
