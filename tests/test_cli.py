@@ -353,3 +353,23 @@ def test_serve_refuses_public_bind_without_token(runner: CliRunner) -> None:
     result = run(runner, "serve", "--host", "0.0.0.0")
     assert result.exit_code == 2
     assert "without a token" in result.stderr
+
+
+def test_reap_orphans_removes_resources_without_a_live_record(
+    runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = run_json(runner, "create", "-e", "ext.saas-stub")
+    monkeypatch.setenv("SANDBOXER_SAAS_STUB_FAIL_ON", "destroy")
+    assert run_json(runner, "destroy", record["id"], "--force")["status"] == "destroyed"
+    monkeypatch.delenv("SANDBOXER_SAAS_STUB_FAIL_ON")
+    stub_dir = data_dir / "saas-stub" / "sandboxes" / record["id"]
+    assert stub_dir.is_dir()
+
+    listed = run_json(runner, "reap", "--orphans", "--dry-run")
+    assert [o["sandbox_id"] for o in listed["orphans"]] == [record["id"]]
+    assert stub_dir.is_dir()
+
+    removed = run_json(runner, "reap", "--orphans")
+    assert [o["extension"] for o in removed["orphans"]] == ["ext.saas-stub"]
+    assert not stub_dir.exists()
+    assert run_json(runner, "reap", "--orphans")["orphans"] == []

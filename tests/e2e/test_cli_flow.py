@@ -202,3 +202,40 @@ def test_readme_quick_start_script_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, output[-3000:] + result.stderr.decode()[-3000:]
     assert "restored /workspace/notes.txt: written on" in output
     assert "nothing of the quick start's sandboxes is left" in output
+
+
+def test_destroy_on_an_unreachable_host_keeps_the_record_until_forced(
+    e2e_environment: Path, tmp_path: Path, host: HostShell
+) -> None:
+    record = sandboxer_json("create", "-p", "profile.compose-checkpoint", "-n", "lost")
+    config = Path(os.environ["SANDBOXER_CONFIG"]).read_text()
+    unreachable = tmp_path / "unreachable.toml"
+    unreachable.write_text(config.replace("127.0.0.1:2222", "127.0.0.1:1"))
+    try:
+        result = subprocess.run(
+            [SANDBOXER, "destroy", "lost"],
+            env={**os.environ, "SANDBOXER_CONFIG": str(unreachable)},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 6
+        assert result.stderr.count(b"\n") == 1
+        assert b"cannot connect to sandboxer@127.0.0.1:1" in result.stderr
+        assert sandboxer_json("get", "lost")["status"] == "failed"
+        assert host.labelled(record["id"]) != NOTHING
+
+        forced = subprocess.run(
+            [SANDBOXER, "destroy", "lost", "--force", "--json"],
+            env={**os.environ, "SANDBOXER_CONFIG": str(unreachable)},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert json.loads(forced.stdout)["status"] == "destroyed"
+    finally:
+        cleanup = sandboxer("reap", "--orphans", "--json")
+    assert cleanup.returncode == 0, cleanup.stderr
+    orphans = json.loads(cleanup.stdout)["orphans"]
+    assert record["id"] in {orphan["sandbox_id"] for orphan in orphans}
+    assert host.labelled(record["id"]) == NOTHING

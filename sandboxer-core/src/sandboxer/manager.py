@@ -669,11 +669,33 @@ class SandboxManager:
             logger.info("reaped interrupted snapshot %s", record.id)
         return reaped
 
-    def orphans(self) -> tuple[builtins.list[ManagedResource], dict[str, str]]:
-        """Backend resources whose sandbox has no live record, and errors."""
-        live = {record.id for record in self.sandboxes.list() if record.is_live}
+    def orphans(
+        self, *, remove: bool = False
+    ) -> tuple[builtins.list[ManagedResource], dict[str, str]]:
+        """Backend resources whose sandbox has no live record, and errors.
+
+        With `remove`, each orphaned sandbox's resources are destroyed through
+        its extension (by sandbox id, as `destroy` would); failures are
+        added to the errors.
+        """
+        records = {record.id: record for record in self.sandboxes.list()}
         resources, errors = self.plugins.list_resources()
-        return [r for r in resources if r.sandbox_id not in live], errors
+        orphaned = [
+            resource
+            for resource in resources
+            if resource.sandbox_id is not None
+            and not (
+                resource.sandbox_id in records and records[resource.sandbox_id].is_live
+            )
+        ]
+        if remove:
+            for sandbox in _sandboxes_owning(orphaned, records):
+                try:
+                    self.plugins.destroy(sandbox)
+                    logger.info("removed orphaned resources of %s", sandbox.id)
+                except SandboxerError as error:
+                    errors[sandbox.id] = error.message
+        return orphaned, errors
 
     # -- snapshots -------------------------------------------------------------
 
@@ -913,6 +935,29 @@ class SandboxManager:
         restored = self._provision(sandbox, before_ready=load)
         logger.info("sandbox %s restored from %s", restored.id, snapshot.id)
         return restored
+
+
+def _sandboxes_owning(
+    resources: list[ManagedResource], records: dict[str, Sandbox]
+) -> list[Sandbox]:
+    """A record per orphaned sandbox id: the stored one, or a minimal stand-in."""
+    owners: dict[str, Sandbox] = {}
+    for resource in resources:
+        sandbox_id = resource.sandbox_id
+        if sandbox_id is None or sandbox_id in owners or resource.extension is None:
+            continue
+        now = utcnow()
+        stand_in = Sandbox(
+            id=sandbox_id,
+            extension=resource.extension,
+            status=SandboxStatus.DESTROYED,
+            created_at=now,
+            updated_at=now,
+            config={"host": resource.host} if resource.host else {},
+            provider_data={"host": resource.host} if resource.host else {},
+        )
+        owners[sandbox_id] = records.get(sandbox_id, stand_in)
+    return list(owners.values())
 
 
 def _name_is_free(name: str | None) -> Callable[[builtins.list[Sandbox]], None] | None:

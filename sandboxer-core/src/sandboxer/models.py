@@ -271,6 +271,7 @@ class ManagedResource:
     sandbox_id: str | None
     host: str | None = None
     description: str = ""
+    extension: str | None = None
 
 
 class Progress(Protocol):

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from typing import IO, Any, TypeVar
 
+import attrs
 import pluggy
 
 from sandboxer import hookspecs
@@ -413,7 +414,10 @@ class PluginHost:
                 errors[extension_id] = f"{type(error).__name__}: {error}"
                 continue
             for batch in found:
-                resources.extend(batch or [])
+                resources.extend(
+                    attrs.evolve(resource, extension=extension_id)
+                    for resource in batch or []
+                )
         return resources, errors
 
     def profiles(self) -> list[Profile]:

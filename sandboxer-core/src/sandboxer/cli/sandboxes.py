@@ -337,19 +337,28 @@ def label(
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Only list what would be destroyed.")
 @click.option(
-    "--orphans", is_flag=True, help="Also list backend resources that have no sandbox."
+    "--orphans",
+    is_flag=True,
+    help="Also remove backend resources whose sandbox has no live record.",
 )
 @json_option
 @pass_state
 def reap(state: CliState, dry_run: bool, orphans: bool, as_json: bool) -> None:
-    """Destroy expired sandboxes and ones left provisioning by a crash."""
+    """Clean up what crashes and expiry leave behind.
+
+    Destroys expired sandboxes and ones stuck provisioning (a killed
+    `create`), marks snapshots stuck pending (a killed `snapshot`) failed and
+    removes their partial data, and with --orphans removes labelled backend
+    resources that no live sandbox owns. An unreadable store is an error,
+    never "nothing to do".
+    """
     api = state.api()
     records = api.reap(dry_run=dry_run)
     stuck_snapshots = api.reap_snapshots(dry_run=dry_run)
     found: list[Any] = []
     errors: dict[str, str] = {}
     if orphans:
-        found, errors = api.orphans()
+        found, errors = api.orphans(remove=not dry_run)
     if as_json:
         print_json(
             {
@@ -368,7 +377,8 @@ def reap(state: CliState, dry_run: bool, orphans: bool, as_json: bool) -> None:
         click.echo(f"{verb} interrupted snapshot {snapshot.id}")
     for resource in found:
         click.echo(
-            f"orphan {resource.kind} {resource.id} of {resource.sandbox_id} "
+            f"{'orphan' if dry_run else 'removed orphan'} {resource.kind} "
+            f"{resource.id} of {resource.sandbox_id} "
             f"on {resource.host or '-'}"
         )
     for extension, error in errors.items():
