@@ -18,14 +18,13 @@ the backends consistent:
 from __future__ import annotations
 
 import builtins
-
 import logging
 import re
 import secrets
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import attrs
 
@@ -384,18 +383,13 @@ class SandboxManager:
         include_destroyed: bool = False,
     ) -> builtins.list[Sandbox]:
         """Sandbox records matching every given filter, oldest first."""
-        wanted_status = _sandbox_status(status) if status is not None else None
-        found = []
-        for record in self.sandboxes.list():
-            if wanted_status is None and not include_destroyed and not record.is_live:
-                continue
-            if wanted_status is not None and record.status is not wanted_status:
-                continue
-            if extension is not None and record.extension != extension:
-                continue
-            if labels and any(record.labels.get(k) != v for k, v in labels.items()):
-                continue
-            found.append(record)
+        wanted = _parse_status(SandboxStatus, status, "sandbox")
+        found = [
+            record
+            for record in self.sandboxes.list()
+            if (wanted is not None or include_destroyed or record.is_live)
+            and _matches(record, wanted, extension, labels)
+        ]
         return sorted(found, key=lambda record: (record.created_at, record.id))
 
     def get(self, reference: str) -> Sandbox:
@@ -820,24 +814,18 @@ class SandboxManager:
         include_deleted: bool = False,
     ) -> builtins.list[SnapshotRecord]:
         """Snapshot records matching every given filter, oldest first."""
-        wanted_status = _snapshot_status(status) if status is not None else None
-        found = []
-        for record in self.snapshots.list():
+        wanted = _parse_status(SnapshotStatus, status, "snapshot")
+        found = [
+            record
+            for record in self.snapshots.list()
             if (
-                wanted_status is None
-                and not include_deleted
-                and record.status is SnapshotStatus.DELETED
-            ):
-                continue
-            if wanted_status is not None and record.status is not wanted_status:
-                continue
-            if sandbox is not None and record.sandbox_id != sandbox:
-                continue
-            if extension is not None and record.extension != extension:
-                continue
-            if labels and any(record.labels.get(k) != v for k, v in labels.items()):
-                continue
-            found.append(record)
+                wanted is not None
+                or include_deleted
+                or record.status is not SnapshotStatus.DELETED
+            )
+            and (sandbox is None or record.sandbox_id == sandbox)
+            and _matches(record, wanted, extension, labels)
+        ]
         return sorted(found, key=lambda record: (record.created_at, record.id))
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord:
@@ -984,21 +972,34 @@ def _describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _sandbox_status(value: SandboxStatus | str) -> SandboxStatus:
+StatusT = TypeVar("StatusT", SandboxStatus, SnapshotStatus)
+
+
+def _parse_status(
+    kind: type[StatusT], value: StatusT | str | None, noun: str
+) -> StatusT | None:
+    if value is None:
+        return None
     try:
-        return SandboxStatus(value)
+        return kind(value)
     except ValueError:
-        choices = ", ".join(status.value for status in SandboxStatus)
+        choices = ", ".join(status.value for status in kind)
         raise InvalidInputError(
-            f"unknown sandbox status {value!r}; use one of {choices}", field="status"
+            f"unknown {noun} status {value!r}; use one of {choices}", field="status"
         ) from None
 
 
-def _snapshot_status(value: SnapshotStatus | str) -> SnapshotStatus:
-    try:
-        return SnapshotStatus(value)
-    except ValueError:
-        choices = ", ".join(status.value for status in SnapshotStatus)
-        raise InvalidInputError(
-            f"unknown snapshot status {value!r}; use one of {choices}", field="status"
-        ) from None
+def _matches(
+    record: Sandbox | SnapshotRecord,
+    status: SandboxStatus | SnapshotStatus | None,
+    extension: str | None,
+    labels: dict[str, str] | None,
+) -> bool:
+    """Whether a record passes the status, extension and label filters."""
+    return (
+        (status is None or record.status is status)
+        and (extension is None or record.extension == extension)
+        and all(
+            record.labels.get(key) == value for key, value in (labels or {}).items()
+        )
+    )

@@ -25,7 +25,6 @@ multi-server deployments.
 from __future__ import annotations
 
 import builtins
-
 import contextlib
 import errno
 import fcntl
