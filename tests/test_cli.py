@@ -373,3 +373,17 @@ def test_reap_orphans_removes_resources_without_a_live_record(
     assert [o["extension"] for o in removed["orphans"]] == ["ext.saas-stub"]
     assert not stub_dir.exists()
     assert run_json(runner, "reap", "--orphans")["orphans"] == []
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["create", "--ttl", "0"], ["nosuch"], ["exec"], ["snapshots", "lst"], ["list", "--bogus"]],
+)
+def test_usage_errors_are_one_line_with_a_pointer_to_help(
+    runner: CliRunner, arguments: list[str]
+) -> None:
+    result = run(runner, *arguments)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("sandboxer: error: ")
+    assert "--help`)" in result.stderr

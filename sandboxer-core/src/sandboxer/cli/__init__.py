@@ -36,6 +36,15 @@ class SandboxerGroup(click.Group):
             click.echo(f"sandboxer: error: {error.message}", err=True)
             logging.getLogger(__name__).debug("error details", exc_info=True)
             ctx.exit(error.exit_code)
+        except click.UsageError as error:
+            # click prints usage errors over three lines; keep errors to one.
+            where = error.ctx.command_path if error.ctx else "sandboxer"
+            click.echo(
+                f"sandboxer: error: {error.format_message()} "
+                f"(see `{where} --help`)",
+                err=True,
+            )
+            ctx.exit(error.exit_code)
         except BrokenPipeError:
             # The reader went away (`sandboxer list | head`); that is not an error.
             devnull = os.open(os.devnull, os.O_WRONLY)
