@@ -122,7 +122,7 @@ def test_create_table_output(runner: CliRunner) -> None:
     assert "status" in result.stdout and "ready" in result.stdout
 
 
-@pytest.mark.parametrize("name", ["_x", "ÄÖ", "", "a b", "x" * 64])
+@pytest.mark.parametrize("name", ["_x", "ÄÖ", "", "a b", "x" * 64, "trailing\n"])
 def test_invalid_names_are_refused_in_one_line(runner: CliRunner, name: str) -> None:
     result = run(runner, "create", "-e", "ext.saas-stub", "--name", name)
     assert result.exit_code == 2
@@ -387,3 +387,10 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("sandboxer: error: ")
     assert "--help`)" in result.stderr
+
+
+def test_create_with_an_unknown_extension_is_not_found(runner: CliRunner) -> None:
+    result = run(runner, "create", "--extension", "ext.nope")
+    assert result.exit_code == 3
+    assert "extension 'ext.nope' is not installed" in result.stderr
+    assert run_json(runner, "list", "--all") == []

@@ -129,3 +129,13 @@ def test_snapshot_store_has_the_same_guarantees(data_dir: Path) -> None:
 
     with pytest.raises(StoreError, match="snapshots.json"):
         store.list()
+
+
+def test_reap_refuses_a_negative_or_huge_staleness(manager: SandboxManager) -> None:
+    from sandboxer.errors import InvalidInputError
+
+    for stale_after in (-1, 10**12):
+        with pytest.raises(InvalidInputError, match="stale_after"):
+            manager.reap(stale_after=stale_after)
+        with pytest.raises(InvalidInputError, match="stale_after"):
+            manager.reap_snapshots(stale_after=stale_after)

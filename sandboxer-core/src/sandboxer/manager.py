@@ -237,6 +237,13 @@ class SandboxManager:
         self, profile: str | None, extension: str | None
     ) -> tuple[Profile | None, str]:
         if profile is None and extension is not None:
+            known = {report.id for report in self.plugins.reports()}
+            if extension not in known:
+                raise NotFoundError(
+                    f"extension {extension!r} is not installed; `sandboxer "
+                    "extensions list` shows the installed ones",
+                    extension=extension,
+                )
             return None, extension
         chosen = self.profile_catalog.get(profile or self.default_profile)
         if extension is not None and extension != chosen.extension:
@@ -585,6 +592,17 @@ class SandboxManager:
 
         return self.sandboxes.update(record.id, change)
 
+    def _staleness(self, stale_after: float | None) -> timedelta:
+        """How long a record may sit provisioning or pending before it is stuck."""
+        if stale_after is None:
+            return timedelta(seconds=self.ready_timeout)
+        if isinstance(stale_after, bool) or not 0 <= stale_after <= MAX_TTL_SECONDS:
+            raise InvalidInputError(
+                f"stale_after must be between 0 and {MAX_TTL_SECONDS} seconds",
+                field="stale_after",
+            )
+        return timedelta(seconds=stale_after)
+
     def reap(
         self, *, dry_run: bool = False, stale_after: float | None = None
     ) -> builtins.list[Sandbox]:
@@ -596,9 +614,7 @@ class SandboxManager:
         An unreadable store raises; it never counts as "no sandboxes".
         """
         now = utcnow()
-        stale = timedelta(
-            seconds=stale_after if stale_after is not None else self.ready_timeout
-        )
+        stale = self._staleness(stale_after)
         candidates = []
         for record in self.sandboxes.list():
             if not record.is_live:
@@ -633,9 +649,7 @@ class SandboxManager:
         Their partial data is removed through the extension first.
         """
         now = utcnow()
-        stale = timedelta(
-            seconds=stale_after if stale_after is not None else self.ready_timeout
-        )
+        stale = self._staleness(stale_after)
         stuck = [
             record
             for record in self.snapshots.list()

@@ -54,7 +54,7 @@ def validate_name(name: str) -> str:
     Names are ASCII so that every backend can derive identifiers from them;
     they are matched exactly (case-sensitively) by `get`, `destroy` and friends.
     """
-    if not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise InvalidInputError(
             f"invalid sandbox name {name!r}: use 1-63 ASCII letters, digits, "
             "'.', '_' or '-', starting with a letter or digit",
@@ -66,7 +66,7 @@ def validate_name(name: str) -> str:
 def validate_labels(labels: dict[str, str]) -> dict[str, str]:
     """Return `labels` if every key and value is acceptable, else raise."""
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY_PATTERN.match(key):
+        if not isinstance(key, str) or not LABEL_KEY_PATTERN.fullmatch(key):
             raise InvalidInputError(
                 f"invalid label key {key!r}: use 1-63 ASCII letters, digits, "
                 "'.', '_', '/' or '-', starting with a letter or digit",

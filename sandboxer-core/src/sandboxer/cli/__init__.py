@@ -22,7 +22,6 @@ from sandboxer import __version__
 from sandboxer.cli.context import CliState
 from sandboxer.errors import SandboxerError
 
-
 NOISY_LIBRARIES = ("invoke", "paramiko", "fabric", "httpx", "httpcore", "asyncio")
 
 

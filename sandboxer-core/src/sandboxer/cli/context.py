@@ -29,6 +29,7 @@ class CliState:
                 from sandboxer.client import SandboxerClient
 
                 self._api = SandboxerClient(self.url, token=self.token)
+                click.get_current_context().call_on_close(self._api.close)
             else:
                 from sandboxer.manager import SandboxManager
 

@@ -75,7 +75,10 @@ class ExtensionContract:
 
     @pytest.fixture
     def contract_sandbox(
-        self, contract_manager: SandboxManager, extension_id: str, settings: dict[str, Any]
+        self,
+        contract_manager: SandboxManager,
+        extension_id: str,
+        settings: dict[str, Any],
     ) -> Iterator[str]:
         record = contract_manager.create(extension=extension_id, settings=settings)
         yield record.id
@@ -107,7 +110,10 @@ class ExtensionContract:
         assert failed.exit_code == 3
 
     def test_destroy_is_idempotent(
-        self, contract_manager: SandboxManager, extension_id: str, settings: dict[str, Any]
+        self,
+        contract_manager: SandboxManager,
+        extension_id: str,
+        settings: dict[str, Any],
     ) -> None:
         record = contract_manager.create(extension=extension_id, settings=settings)
         contract_manager.destroy(record.id)
