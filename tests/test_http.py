@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import tarfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -61,6 +62,8 @@ class NoisyExtension(SaasStubExtension):
     def sandboxer_exec(
         self, sandbox: Sandbox, request: ExecRequest, streams: ExecStreams
     ) -> ExecStatus:
+        if request.argv[0] == "threaded-cat":
+            return _cat_from_other_threads(streams)
         if request.argv[0] == "noise":
             out, err = int(request.argv[1]), int(request.argv[2])
             _write_noise(streams, out, err)
@@ -69,6 +72,25 @@ class NoisyExtension(SaasStubExtension):
         status: ExecStatus = super().sandboxer_exec(sandbox, request, streams)
         NoisyExtension.cancelled.append(streams.cancel.is_set())
         return status
+
+
+def _cat_from_other_threads(streams: ExecStreams) -> ExecStatus:
+    """Read stdin and write both streams from threads of the extension's own,
+    as backends that drain a connection do (not the server's worker thread)."""
+    received = bytearray()
+
+    def pump() -> None:
+        for chunk in iter(
+            lambda: streams.stdin.read(4096) if streams.stdin else b"", b""
+        ):
+            received.extend(chunk)
+            streams.stdout.write(chunk)
+        streams.stderr.write(b"done\n")
+
+    worker = threading.Thread(target=pump)
+    worker.start()
+    worker.join()
+    return ExecStatus(exit_code=0 if received else 3)
 
 
 def _write_noise(streams: ExecStreams, out: int, err: int) -> None:
@@ -1211,3 +1233,30 @@ def check_operation(operation: Any, mode: GenerationMode) -> None:
         case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
     conforms()
+
+
+def test_exec_output_and_input_may_be_handled_on_the_extensions_own_threads(
+    client: TestClient, noisy: dict[str, Any]
+) -> None:
+    payload = bytes(range(256)) * 512
+    captured = exec_in(
+        client,
+        noisy["id"],
+        argv=["threaded-cat"],
+        stdin_base64=base64.b64encode(payload).decode(),
+    )
+    assert captured.status_code == 200, captured.text
+    assert base64.b64decode(captured.json()["stdout_base64"]) == payload
+    assert captured.json()["stderr"] == "done\n"
+
+    streamed = exec_in(
+        client, noisy["id"], argv=["threaded-cat"], stdin="hi", stream=True
+    )
+    events = events_of(streamed)
+    data = b"".join(
+        base64.b64decode(event["data_base64"])
+        for event in events
+        if event.get("stream") == "stdout"
+    )
+    assert data == b"hi"
+    assert events[-1]["exit_code"] == 0

@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -58,6 +59,9 @@ class RequestBodyReader(io.RawIOBase):
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         super().__init__()
+        # Extensions may read from threads of their own, not only from the
+        # worker thread the call started in, so the loop is named explicitly.
+        self._loop = anyio.lowlevel.current_token()
         self._chunks = chunks
         self._pending = memoryview(b"")
         self._ended = False
@@ -67,7 +71,9 @@ class RequestBodyReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         if not self._pending and not self._ended:
-            self._pending = memoryview(anyio.from_thread.run(self._next_chunk))
+            self._pending = memoryview(
+                anyio.from_thread.run(self._next_chunk, token=self._loop)
+            )
         count = min(len(buffer), len(self._pending))
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]
@@ -106,6 +112,9 @@ class ChannelSink(io.RawIOBase):
         cancel: threading.Event | None = None,
     ) -> None:
         super().__init__()
+        # Extensions write output from threads of their own (one per stream),
+        # so the loop is named explicitly rather than found from the thread.
+        self._loop = anyio.lowlevel.current_token()
         self._channel = channel
         self._tag = tag
         self._coalesce = coalesce
@@ -129,7 +138,9 @@ class ChannelSink(io.RawIOBase):
         self._gathered.clear()
         if not self.reader_gone:
             try:
-                anyio.from_thread.run(self._channel.send, (self._tag, data))
+                anyio.from_thread.run(
+                    self._channel.send, (self._tag, data), token=self._loop
+                )
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self.reader_gone = True
         if self.reader_gone:
