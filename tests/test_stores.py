@@ -139,3 +139,18 @@ def test_reap_refuses_a_negative_or_huge_staleness(manager: SandboxManager) -> N
             manager.reap(stale_after=stale_after)
         with pytest.raises(InvalidInputError, match="stale_after"):
             manager.reap_snapshots(stale_after=stale_after)
+
+
+def test_a_store_sees_what_another_writer_wrote_since_its_last_read(
+    manager: SandboxManager, data_dir: Path
+) -> None:
+    reader = JsonSandboxStore(data_dir)
+    first = manager.create(extension="ext.saas-stub")
+    assert [record.id for record in reader.list()] == [first.id]
+
+    manager.label(first.id, {"seen": "yes"})
+    second = manager.create(extension="ext.saas-stub")
+
+    records = {record.id: record for record in reader.list()}
+    assert set(records) == {first.id, second.id}
+    assert records[first.id].labels == {"seen": "yes"}

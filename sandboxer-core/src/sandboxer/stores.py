@@ -84,6 +84,8 @@ class JsonRecordStore(Generic[R]):
         self.record_type: type[R] = record_type
         self.noun = noun
         self._lock_path = path.with_name(path.name + ".lock")
+        self._cached_identity: tuple[int, int, int, int] | None = None
+        self._cached_records: dict[str, R] = {}
 
     # -- reading -----------------------------------------------------------
 
@@ -149,12 +151,33 @@ class JsonRecordStore(Generic[R]):
             ) from error
 
     def _read(self) -> dict[str, R]:
+        """The records, parsed anew only when the file has changed.
+
+        Writers always rename a new file into place, so a file with the same
+        inode, size and modification time holds the same document; a server
+        answering `list` many times a second then parses the store once.
+        """
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as file:
+                status = os.fstat(file.fileno())
+                identity = (
+                    status.st_dev,
+                    status.st_ino,
+                    status.st_size,
+                    status.st_mtime_ns,
+                )
+                if identity == self._cached_identity:
+                    return dict(self._cached_records)
+                raw = file.read()
         except FileNotFoundError:
             return {}
         except OSError as error:
             raise StoreError(f"cannot read store file {self.path}: {error}") from error
+        records = self._decode(raw)
+        self._cached_identity, self._cached_records = identity, records
+        return dict(records)
+
+    def _decode(self, raw: bytes) -> dict[str, R]:
         document = self._parse(raw)
         records: dict[str, R] = {}
         for record_id, data in document["records"].items():
