@@ -17,7 +17,9 @@ from sandboxer.cli import cli
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
-def walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
+def walk(
+    command: click.Command, path: list[str]
+) -> list[tuple[list[str], click.Command]]:
     found = [(path, command)]
     if isinstance(command, click.Group):
         for name in sorted(command.commands):
@@ -42,7 +44,10 @@ def main() -> int:
     text = render()
     if "--check" in sys.argv:
         if not OUTPUT.exists() or OUTPUT.read_text(encoding="utf-8") != text:
-            print(f"{OUTPUT} is stale: run python scripts/gen_cli_docs.py", file=sys.stderr)
+            print(
+                f"{OUTPUT} is stale: run python scripts/gen_cli_docs.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     OUTPUT.parent.mkdir(exist_ok=True)

@@ -36,7 +36,7 @@ def limitations() -> list[tuple[str, str]]:
     for path in sorted(ROOT.glob("sandboxer-*/src/**/*.py")):
         lines = path.read_text(encoding="utf-8").splitlines()
         for number, line in enumerate(lines):
-            if "Limitation:" in line and "\"Limitation:" not in line:
+            if "Limitation:" in line and '"Limitation:' not in line:
                 found.append((str(path.relative_to(ROOT)), _statement(lines, number)))
     return found
 
@@ -60,7 +60,7 @@ def main(arguments: list[str]) -> int:
     updated = f"{head}{START}\n{render()}\n{END}{tail}"
     if "--check" in arguments:
         if updated != text:
-            print("SCOPE.md's limitations are stale: run scripts/list_limitations.py --write")
+            print("SCOPE.md is stale: run scripts/list_limitations.py --write")
             return 1
         return 0
     scope.write_text(updated, encoding="utf-8")

@@ -80,6 +80,7 @@ class SnapshottingExtension(RecordingExtension):
         self.restored: dict[str, str] = {}
         self.before_snapshot: Callable[[SnapshotRecord], None] = lambda record: None
         self.before_restore: Callable[[Sandbox], None] = lambda sandbox: None
+        self.progress: Progress = lambda done, total: None
 
     def sandboxer_supports_snapshots(self, sandbox: Sandbox) -> bool:
         return True
@@ -94,6 +95,7 @@ class SnapshottingExtension(RecordingExtension):
         import hashlib
 
         self.calls.append(("snapshot", sandbox.id))
+        self.progress = progress
         self.before_snapshot(snapshot)
         data = f"workspace of {sandbox.id}".encode()
         if self.fail_snapshot_after_partial:

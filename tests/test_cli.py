@@ -377,7 +377,13 @@ def test_reap_orphans_removes_resources_without_a_live_record(
 
 @pytest.mark.parametrize(
     "arguments",
-    [["create", "--ttl", "0"], ["nosuch"], ["exec"], ["snapshots", "lst"], ["list", "--bogus"]],
+    [
+        ["create", "--ttl", "0"],
+        ["nosuch"],
+        ["exec"],
+        ["snapshots", "lst"],
+        ["list", "--bogus"],
+    ],
 )
 def test_usage_errors_are_one_line_with_a_pointer_to_help(
     runner: CliRunner, arguments: list[str]

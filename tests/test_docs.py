@@ -16,11 +16,15 @@ HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("sandboxer_"))
 
 def test_every_hook_is_documented_with_its_arguments() -> None:
     text = (ROOT / "docs" / "extension-sdk.md").read_text()
-    documented = dict(re.findall(r"^### (sandboxer_\w+)\(([^)]*)\)$", text, re.MULTILINE))
+    documented = dict(
+        re.findall(r"^### (sandboxer_\w+)\(([^)]*)\)$", text, re.MULTILINE)
+    )
 
     for name in HOOKS:
         arguments = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
-        assert documented.get(name) == arguments, f"{name}({arguments}) in extension-sdk.md"
+        assert documented.get(name) == arguments, (
+            f"{name}({arguments}) in extension-sdk.md"
+        )
     assert sorted(documented) == HOOKS
 
 
@@ -32,7 +36,9 @@ def test_every_hook_has_a_docstring_saying_what_to_return() -> None:
 
 def test_every_hook_is_exercised_by_some_test() -> None:
     sources = "\n".join(
-        path.read_text() for path in (ROOT / "tests").rglob("*.py") if path.name != "test_docs.py"
+        path.read_text()
+        for path in (ROOT / "tests").rglob("*.py")
+        if path.name != "test_docs.py"
     )
     sources += (ROOT / "sandboxer-core/src/sandboxer/testing/contract.py").read_text()
     operations = {

@@ -15,7 +15,7 @@ import pytest
 from extensions_for_tests import RecordingExtension, SnapshottingExtension
 from sandboxer.errors import BackendError, ConflictError, UnsupportedError
 from sandboxer.manager import SandboxManager
-from sandboxer.models import Sandbox, SandboxStatus, SnapshotStatus
+from sandboxer.models import Sandbox, SandboxStatus, SnapshotRecord, SnapshotStatus
 from sandboxer.plugins import PluginHost
 from sandboxer.stores import JsonSandboxStore, JsonSnapshotStore
 
@@ -226,3 +226,25 @@ def test_killed_snapshot_leaves_a_pending_record_never_a_ready_one(
     (reaped,) = manager.reap_snapshots(stale_after=0)
     assert reaped.status is SnapshotStatus.FAILED
     assert "interrupted" in (reaped.error or "")
+
+
+def test_progress_keeps_a_long_snapshot_from_looking_abandoned(
+    memory_manager: tuple[SandboxManager, SnapshottingExtension],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandboxer import manager as manager_module
+
+    manager, extension = memory_manager
+    monkeypatch.setattr(manager_module, "HEARTBEAT_SECONDS", 0.0)
+    sandbox = manager.create(extension="ext.memory")
+    stamps: list[object] = []
+
+    def report_progress(snapshot: SnapshotRecord) -> None:
+        before = manager.get_snapshot(snapshot.id).updated_at
+        extension.progress(10, 100)
+        stamps.append(manager.get_snapshot(snapshot.id).updated_at > before)
+
+    extension.before_snapshot = report_progress
+    manager.snapshot(sandbox.id)
+
+    assert stamps == [True]

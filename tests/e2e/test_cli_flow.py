@@ -95,7 +95,8 @@ def test_both_streams_arrive_whole_and_apart(cli_sandbox: str) -> None:
         "--",
         "sh",
         "-c",
-        "head -c 10485760 /dev/urandom > /tmp/o; head -c 10485760 /dev/urandom > /tmp/e;"
+        "head -c 10485760 /dev/urandom > /tmp/o;"
+        " head -c 10485760 /dev/urandom > /tmp/e;"
         " sha256sum /tmp/o /tmp/e",
     )
     sums = {name: digest for digest, name in map(bytes.split, made.stdout.splitlines())}
@@ -177,6 +178,8 @@ def test_quick_start_flow_through_the_cli(
     finally:
         for name in ("flow-restored", "flow"):
             sandboxer("destroy", name)
+        for leftover in sandboxer_json("snapshots", "list", "--sandbox", source["id"]):
+            sandboxer("snapshots", "delete", leftover["id"])
     assert host.labelled(source["id"]) == NOTHING
     if restored:
         assert host.labelled(restored["id"]) == NOTHING

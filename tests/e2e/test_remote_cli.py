@@ -123,6 +123,10 @@ def test_quick_start_flow_through_the_remote_cli(server: str, host: HostShell) -
     finally:
         remote(server, "destroy", "remote-copy")
         remote(server, "destroy", "remote")
+        for leftover in remote_json(
+            server, "snapshots", "list", "--sandbox", source["id"]
+        ):
+            assert remote(server, "snapshots", "delete", leftover["id"]).returncode == 0
     assert remote_json(server, "get", source["id"])["status"] == "destroyed"
     assert host.labelled(source["id"]) == NOTHING
     if restored:

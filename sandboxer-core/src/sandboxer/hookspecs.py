@@ -203,7 +203,9 @@ def sandboxer_snapshot(  # type: ignore[empty-body]
 
     Called with the `pending` snapshot record already stored. Produce the
     complete archive, then return its `location` (a string this extension
-    understands later), `size_bytes` and `sha256`. With `options.pause`,
+    understands later), `size_bytes` and `sha256`. Call `progress` as bytes
+    move: the manager takes it as a sign of life, so a long snapshot is not
+    mistaken by `reap` for one whose process died. With `options.pause`,
     freeze the sandbox for the duration and always unfreeze it, also on
     failure. On failure remove partial data and raise; the manager marks the
     record `failed`. Optional.

@@ -74,6 +74,7 @@ DEFAULT_OUTPUT_LIMIT = 16 * 1024 * 1024
 ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 MAX_TTL_SECONDS = 365 * 24 * 3600
+HEARTBEAT_SECONDS = 30.0
 
 
 def new_sandbox_id() -> str:
@@ -771,8 +772,9 @@ class SandboxManager:
         progress: Progress = no_progress,
     ) -> SnapshotRecord:
         """Have the extension write the archive; mark the record ready or failed."""
+        alive = self._heartbeat(progress, lambda: self._update_snapshot(record.id))
         try:
-            data = self.plugins.snapshot(sandbox, record, options, progress)
+            data = self.plugins.snapshot(sandbox, record, options, alive)
             if data.size_bytes < 0 or not SHA256_PATTERN.match(data.sha256):
                 raise BackendError(
                     f"{sandbox.extension} reported an invalid size or sha256 for "
@@ -803,6 +805,28 @@ class SandboxManager:
         )
         logger.info("snapshot %s ready (%d bytes)", ready.id, data.size_bytes)
         return ready
+
+    @staticmethod
+    def _heartbeat(progress: Progress, touch: Callable[[], object]) -> Progress:
+        """Pass progress on, and refresh a record's `updated_at` now and then.
+
+        `reap` counts a record that has sat `provisioning` or `pending` for
+        too long as left behind by a dead process; bytes still moving prove
+        the operation alive, so a long snapshot or restore is not reaped.
+        """
+        last = time.monotonic()
+
+        def report(done: int, total: int | None) -> None:
+            nonlocal last
+            progress(done, total)
+            if time.monotonic() - last >= HEARTBEAT_SECONDS:
+                last = time.monotonic()
+                try:
+                    touch()
+                except SandboxerError as error:
+                    logger.warning("could not record progress: %s", error.message)
+
+        return report
 
     def _snapshot_policy(self, sandbox: Sandbox) -> Any:
         if sandbox.profile is None:
@@ -931,8 +955,14 @@ class SandboxManager:
     ) -> Sandbox:
         """Provision the new sandbox and load the snapshot before it is ready."""
 
+        def touch() -> None:
+            self.sandboxes.update(
+                sandbox.id, lambda current: attrs.evolve(current, updated_at=utcnow())
+            )
+
         def load(provisioned: Sandbox) -> None:
-            self.plugins.restore_from_snapshot(provisioned, snapshot, progress)
+            alive = self._heartbeat(progress, touch)
+            self.plugins.restore_from_snapshot(provisioned, snapshot, alive)
 
         restored = self._provision(sandbox, before_ready=load)
         logger.info("sandbox %s restored from %s", restored.id, snapshot.id)

@@ -12,6 +12,8 @@ this machine. The modules, from the bottom up:
 - `settings`: the sandbox settings a profile or user may give;
 - `execution` and `files`: running commands in, and copying files to and
   from, a sandbox's container;
+- `snapshots`: workspace archives made and kept on the host, restored into
+  new sandboxes;
 - `extension`: the hook implementations that tie them together.
 """
 

@@ -32,6 +32,9 @@ from sandboxer.models import (
     ProvisionResult,
     Sandbox,
     SandboxStatus,
+    SnapshotData,
+    SnapshotOptions,
+    SnapshotRecord,
 )
 from sandboxer_compose_ssh import __version__
 from sandboxer_compose_ssh.compose import (
@@ -51,6 +54,12 @@ from sandboxer_compose_ssh.hosts import (
     load_hosts,
 )
 from sandboxer_compose_ssh.settings import SandboxSettings, validate_settings
+from sandboxer_compose_ssh.snapshots import (
+    delete_snapshot,
+    restore_snapshot,
+    snapshot_host_name,
+    take_snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +72,7 @@ class ComposeSshExtension(SandboxExtension):
 
     id = "ext.compose-ssh"
     version = __version__
-    capabilities = ("exec", "files", "resources")
+    capabilities = ("exec", "files", "resources", "snapshots")
     description = "Docker Compose projects on a Docker host over SSH, or locally"
 
     def __init__(self) -> None:
@@ -162,6 +171,49 @@ class ComposeSshExtension(SandboxExtension):
         ) as pool:
             answers = pool.map(lambda host: self._list_on(host, sandbox_ids), hosts)
             return [resource for answer in answers for resource in answer]
+
+    def sandboxer_supports_snapshots(self, sandbox: Sandbox) -> bool:
+        # Every sandbox has its workspace in a named volume.
+        return True
+
+    def sandboxer_snapshot(
+        self,
+        sandbox: Sandbox,
+        snapshot: SnapshotRecord,
+        options: SnapshotOptions,
+        progress: Progress,
+    ) -> SnapshotData:
+        docker_host, names = self._locate(sandbox)
+        return take_snapshot(
+            docker_host,
+            sandbox.id,
+            names,
+            snapshot.id,
+            pause=options.pause,
+            progress=progress,
+        )
+
+    def sandboxer_restore_from_snapshot(
+        self, sandbox: Sandbox, snapshot: SnapshotRecord, progress: Progress
+    ) -> None:
+        docker_host, names = self._locate(sandbox)
+        work_dir = str(
+            sandbox.provider_data.get("project_dir")
+            or docker_host.project_dir(names.project)
+        )
+        restore_snapshot(docker_host, sandbox.id, names, work_dir, snapshot, progress)
+
+    def sandboxer_delete_snapshot(self, snapshot: SnapshotRecord) -> None:
+        config = load_config()
+        name = snapshot_host_name(snapshot) or default_host_name(config)
+        hosts = load_hosts(config)
+        if name not in hosts:
+            raise ConfigError(
+                f"snapshot {snapshot.id} is kept on host {name!r}, which is not "
+                f"configured in {config_path()}; add its [hosts.{name}] table back",
+                key=f"hosts.{name}",
+            )
+        delete_snapshot(self._docker_host(hosts[name]), snapshot.id)
 
     def sandboxer_profiles(self) -> list[Profile]:
         # profile.compose-checkpoint ships with the core's built-in profiles.

@@ -11,11 +11,12 @@ A host is reached over SSH, or is this machine::
     docker_command = "docker"             # name or full path on that host
     connect_timeout = 10                  # seconds
     max_sessions = 10                     # the server's MaxSessions
+    tool_image = "sandboxer/base:latest"  # helper image for snapshots
 
 The host `local` (Docker on this machine, run directly, no SSH) always
-exists; a `[hosts.local]` table may set its `docker_command` only. The
-settings key `host` picks a host; without it `default_host` is used, or
-`local` when there is no `default_host`.
+exists; a `[hosts.local]` table may set its `docker_command` and
+`tool_image` only. The settings key `host` picks a host; without it
+`default_host` is used, or `local` when there is no `default_host`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from sandboxer.errors import ConfigError, InvalidInputError
 LOCAL_HOST = "local"
 HOST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+# The image of the throwaway containers that write and unpack snapshot
+# archives; it needs sh, find, cat, ls and GNU tar. Never pulled.
+DEFAULT_TOOL_IMAGE = "sandboxer/base:latest"
+TOOL_IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 
 _SSH_KEYS = frozenset(
     {
@@ -43,9 +48,10 @@ _SSH_KEYS = frozenset(
         "docker_command",
         "connect_timeout",
         "max_sessions",
+        "tool_image",
     }
 )
-_LOCAL_KEYS = frozenset({"docker_command"})
+_LOCAL_KEYS = frozenset({"docker_command", "tool_image"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class HostConfig:
     docker_command: str = "docker"
     connect_timeout: float = 10.0
     max_sessions: int = 10
+    tool_image: str = DEFAULT_TOOL_IMAGE
 
     @property
     def is_local(self) -> bool:
@@ -126,8 +133,16 @@ def _parse_host(name: str, table: Mapping[str, Any]) -> HostConfig:
             )
 
     docker_command = _string(table, name, "docker_command", "docker")
+    tool_image = _string(table, name, "tool_image", DEFAULT_TOOL_IMAGE)
+    if not TOOL_IMAGE_PATTERN.match(tool_image):
+        raise _config_error(
+            f"hosts.{name}.tool_image",
+            f"{tool_image!r} is not an image reference such as 'debian:12'",
+        )
     if name == LOCAL_HOST:
-        return HostConfig(name=name, docker_command=docker_command)
+        return HostConfig(
+            name=name, docker_command=docker_command, tool_image=tool_image
+        )
 
     if "url" not in table:
         raise _config_error(f"hosts.{name}.url", "missing; e.g. ssh://user@host:22")
@@ -148,6 +163,7 @@ def _parse_host(name: str, table: Mapping[str, Any]) -> HostConfig:
         docker_command=docker_command,
         connect_timeout=_positive_number(table, name, "connect_timeout", 10.0),
         max_sessions=int(_positive_number(table, name, "max_sessions", 10)),
+        tool_image=tool_image,
     )
 
 

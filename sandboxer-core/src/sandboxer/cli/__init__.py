@@ -39,8 +39,7 @@ class SandboxerGroup(click.Group):
             # click prints usage errors over three lines; keep errors to one.
             where = error.ctx.command_path if error.ctx else "sandboxer"
             click.echo(
-                f"sandboxer: error: {error.format_message()} "
-                f"(see `{where} --help`)",
+                f"sandboxer: error: {error.format_message()} (see `{where} --help`)",
                 err=True,
             )
             ctx.exit(error.exit_code)
