@@ -400,3 +400,71 @@ def test_create_with_an_unknown_extension_is_not_found(runner: CliRunner) -> Non
     assert result.exit_code == 3
     assert "extension 'ext.nope' is not installed" in result.stderr
     assert run_json(runner, "list", "--all") == []
+
+
+def _upload_tree(runner: CliRunner, tmp_path: Path, layout: dict[str, str | None]) -> None:
+    """Upload a tree `out/` to demo:/workspace/: value None makes a dir, a
+    value starting with '->' a symlink, anything else a file's content."""
+    staging = tmp_path / f"upload-{len(list(tmp_path.iterdir()))}"
+    for relative, content in layout.items():
+        path = staging / "out" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            path.mkdir(exist_ok=True)
+        elif content.startswith("->"):
+            path.symlink_to(content[2:])
+        else:
+            path.write_text(content)
+    result = run(runner, "cp", str(staging / "out"), "demo:/workspace/")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_downloading_twice_never_writes_through_a_link_it_brought(
+    runner: CliRunner, sandbox: dict[str, Any], tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    results = tmp_path / "results"
+    results.mkdir()
+    _upload_tree(runner, tmp_path, {"r.txt": "one", "cache": f"->{victim}"})
+    assert run(runner, "cp", "demo:/workspace/out", f"{results}/").exit_code == 0
+    assert (results / "out" / "cache").readlink() == victim
+
+    _upload_tree(runner, tmp_path, {"cache": None, "cache/authorized_keys": "planted"})
+    second = run(runner, "cp", "demo:/workspace/out", f"{results}/")
+
+    assert second.exit_code == 0, second.stderr
+    assert list(victim.iterdir()) == []
+    assert (results / "out" / "cache" / "authorized_keys").read_text() == "planted"
+    assert not (results / "out" / "cache").is_symlink()
+
+
+def test_downloading_a_tree_with_links_twice_replaces_them(
+    runner: CliRunner, sandbox: dict[str, Any], tmp_path: Path
+) -> None:
+    _upload_tree(runner, tmp_path, {"file": "x", "link": "->file"})
+    results = tmp_path / "results"
+    for _ in range(2):
+        result = run(runner, "cp", "demo:/workspace/out", f"{results}/")
+        assert result.exit_code == 0, result.stderr
+    assert (results / "out" / "link").readlink() == Path("file")
+
+
+def test_download_of_a_missing_path_says_not_found(
+    runner: CliRunner, sandbox: dict[str, Any], tmp_path: Path
+) -> None:
+    result = run(runner, "cp", "demo:/workspace/nope", str(tmp_path / "x"))
+    assert result.exit_code == 3
+    assert "does not exist" in result.stderr
+    unknown = run(runner, "cp", "sb-000000000000:/workspace/x", str(tmp_path / "y"))
+    assert unknown.exit_code == 3
+    assert "not found" in unknown.stderr
+
+
+@pytest.mark.parametrize("remote", ["/workspace/out/..", "/workspace/.", "/"])
+def test_download_of_a_path_without_a_name_is_refused(
+    runner: CliRunner, sandbox: dict[str, Any], tmp_path: Path, remote: str
+) -> None:
+    result = run(runner, "cp", f"demo:{remote}", f"{tmp_path}/")
+    assert result.exit_code == 2
+    assert "name a file or directory" in result.stderr

@@ -35,7 +35,7 @@ from sandboxer.cli.context import (
     print_json,
     progress_reporter,
 )
-from sandboxer.errors import InvalidInputError, NotFoundError
+from sandboxer.errors import InvalidInputError, NotFoundError, SandboxerError
 
 REMOTE_PATTERN = re.compile(
     r"^(?P<sandbox>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(?P<path>/.*)$"
@@ -124,44 +124,62 @@ def upload(
 
 
 def download(api: Any, sandbox: str, remote: str, local: str, *, progress: Any) -> str:
-    """Copy a file or tree out of a sandbox; return the local path written."""
+    """Copy a file or tree out of a sandbox; return the local path written.
+
+    Into an existing directory (or one named with a trailing `/`) the tree is
+    unpacked in place: existing directories are merged, existing files and
+    links at a member's path are replaced, never written through. To a new
+    name it is unpacked beside the destination first and then renamed, so a
+    failed copy leaves nothing half-written under that name.
+    """
     target = Path(local)
     name = posixpath.basename(remote.rstrip("/"))
-    if not name:
-        raise InvalidInputError("cannot copy the sandbox's root directory as a whole")
+    if not name or {".", ".."} & set(remote.split("/")):
+        raise InvalidInputError(
+            f"cannot copy {remote!r}: name a file or directory inside the sandbox"
+        )
     into_directory = local.endswith("/") or target.is_dir()
-    parent = target if into_directory else target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".sandboxer-cp-", dir=parent))
+    if into_directory:
+        target.mkdir(parents=True, exist_ok=True)
+        _unpack(api, sandbox, remote, target, progress)
+        return str(target / name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sandboxer-cp-", dir=target.parent))
     try:
-        with _pipe() as (reader, writer):
-            thread, errors = _run_beside(
-                lambda sink: api.get_files(sandbox, remote, sink, progress), writer
-            )
-            try:
-                archives.extract_stream(reader, staging)
-            finally:
-                reader.close()
-                thread.join()
-        if errors:
-            raise errors[0]
-        final = target / name if into_directory else target
-        _replace(staging / name, final)
-        return str(final)
+        _unpack(api, sandbox, remote, staging, progress)
+        if target.is_symlink() or target.exists():
+            target.unlink()  # a file or a link: replaced, never followed
+        os.replace(staging / name, target)
+        return str(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _replace(source: Path, destination: Path) -> None:
-    if destination.is_dir() and not destination.is_symlink() and source.is_dir():
-        shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
-        return
-    if destination.is_symlink() or destination.exists():
-        if destination.is_dir() and not destination.is_symlink():
-            shutil.rmtree(destination)
-        else:
-            destination.unlink()
-    os.replace(source, destination)
+def _unpack(
+    api: Any, sandbox: str, remote: str, destination: Path, progress: Any
+) -> None:
+    """Stream `remote` out of the sandbox and unpack it safely below `destination`.
+
+    When the sandbox side fails (a missing path, an unknown sandbox), its
+    error is the one reported, not the empty archive it leaves behind.
+    """
+    with _pipe() as (reader, writer):
+        thread, errors = _run_beside(
+            lambda sink: api.get_files(sandbox, remote, sink, progress), writer
+        )
+        try:
+            archives.extract_stream(reader, destination)
+        except SandboxerError:
+            reader.close()
+            thread.join()
+            if errors:
+                raise errors[0] from None
+            raise
+        finally:
+            reader.close()
+            thread.join()
+    if errors:
+        raise errors[0]
 
 
 @click.command()
