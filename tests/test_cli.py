@@ -402,7 +402,9 @@ def test_create_with_an_unknown_extension_is_not_found(runner: CliRunner) -> Non
     assert run_json(runner, "list", "--all") == []
 
 
-def _upload_tree(runner: CliRunner, tmp_path: Path, layout: dict[str, str | None]) -> None:
+def _upload_tree(
+    runner: CliRunner, tmp_path: Path, layout: dict[str, str | None]
+) -> None:
     """Upload a tree `out/` to demo:/workspace/: value None makes a dir, a
     value starting with '->' a symlink, anything else a file's content."""
     staging = tmp_path / f"upload-{len(list(tmp_path.iterdir()))}"
@@ -468,3 +470,34 @@ def test_download_of_a_path_without_a_name_is_refused(
     result = run(runner, "cp", f"demo:{remote}", f"{tmp_path}/")
     assert result.exit_code == 2
     assert "name a file or directory" in result.stderr
+
+
+def test_failed_create_frees_its_name_and_names_find_destroyed_sandboxes(
+    runner: CliRunner,
+) -> None:
+    failed = run(
+        runner,
+        "create",
+        "-e",
+        "ext.saas-stub",
+        "-n",
+        "box",
+        "--set",
+        "fail_on=provision",
+    )
+    assert failed.exit_code == 6
+    assert failed.stderr.count("\n") == 1
+    retried = run_json(runner, "create", "-e", "ext.saas-stub", "-n", "box")
+    assert run_json(runner, "get", "box")["id"] == retried["id"]
+    assert run_json(runner, "destroy", "box")["status"] == "destroyed"
+    assert run_json(runner, "destroy", "box")["status"] == "destroyed"
+
+
+def test_snapshots_can_be_listed_by_sandbox_name(
+    runner: CliRunner, sandbox: dict[str, Any]
+) -> None:
+    snapshot = run_json(runner, "snapshot", "demo")
+    assert [
+        s["id"] for s in run_json(runner, "snapshots", "list", "--sandbox", "demo")
+    ] == [snapshot["id"]]
+    assert run_json(runner, "snapshots", "list", "--sandbox", "no-such-box") == []

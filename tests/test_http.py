@@ -1100,26 +1100,45 @@ def test_reap_snapshots_fails_stuck_pending_snapshots(
     assert reaped["status"] == "failed"
 
 
-def test_orphans_lists_backend_resources_without_a_record(
-    client: TestClient, data_dir: Path
+def _force_destroyed_leaving_resources(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    record = client.post("/v1/sandboxes", json={"extension": "ext.saas-stub"}).json()
+    monkeypatch.setenv("SANDBOXER_SAAS_STUB_FAIL_ON", "destroy")
+    forced = client.delete(f"/v1/sandboxes/{record['id']}", params={"force": "true"})
+    assert forced.json()["status"] == "destroyed"
+    monkeypatch.delenv("SANDBOXER_SAAS_STUB_FAIL_ON")
+    sandbox_id: str = record["id"]
+    return sandbox_id
+
+
+def test_orphans_lists_resources_of_sandboxes_destroyed_here_only(
+    client: TestClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    leftover = data_dir / "saas-stub" / "sandboxes" / "sb-leftover"
-    leftover.mkdir(parents=True)
+    forced = _force_destroyed_leaving_resources(client, monkeypatch)
+    foreign = data_dir / "saas-stub" / "sandboxes" / "sb-of-another-home"
+    foreign.mkdir(parents=True)
+
     body = client.get("/v1/orphans").json()
+
     # The noisy test extension shares the stub's state, so both report it.
-    assert {resource["sandbox_id"] for resource in body["resources"]} == {"sb-leftover"}
+    assert {resource["sandbox_id"] for resource in body["resources"]} == {forced}
     assert body["errors"] == {}
 
 
 def test_removing_orphans_destroys_their_resources(
-    client: TestClient, data_dir: Path
+    client: TestClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    leftover = data_dir / "saas-stub" / "sandboxes" / "sb-leftover"
-    leftover.mkdir(parents=True)
+    forced = _force_destroyed_leaving_resources(client, monkeypatch)
+    foreign = data_dir / "saas-stub" / "sandboxes" / "sb-of-another-home"
+    foreign.mkdir(parents=True)
+
     removed = client.delete("/v1/orphans")
+
     assert removed.status_code == 200
-    assert {r["sandbox_id"] for r in removed.json()["resources"]} == {"sb-leftover"}
-    assert not leftover.exists()
+    assert {r["sandbox_id"] for r in removed.json()["resources"]} == {forced}
+    assert not (data_dir / "saas-stub" / "sandboxes" / forced).exists()
+    assert foreign.is_dir()
     assert client.get("/v1/orphans").json()["resources"] == []
 
 

@@ -363,10 +363,13 @@ class SandboxManager:
         try:
             current = self.sandboxes.get(record.id)
             self.plugins.destroy(current)
-        except Exception:
+        except Exception as cleanup_error:  # the original error is the one to report
             logger.warning(
-                "cleanup of failed sandbox %s failed", record.id, exc_info=True
+                "cleanup of failed sandbox %s failed: %s",
+                record.id,
+                _describe_error(cleanup_error),
             )
+            logger.debug("cleanup failure", exc_info=True)
         try:
             self._set_status(record.id, SandboxStatus.FAILED, error=message)
         except SandboxerError:
@@ -406,11 +409,12 @@ class SandboxManager:
         for record in records:
             if record.id == reference:
                 return record
-        named = [
-            record for record in records if record.name == reference and record.is_live
-        ]
-        if named:
-            return max(named, key=lambda record: record.created_at)
+        named = [record for record in records if record.name == reference]
+        live = [record for record in named if record.is_live]
+        if live or named:
+            # The newest live one; else the newest ever, so that destroying a
+            # sandbox by name a second time finds it and succeeds.
+            return max(live or named, key=lambda record: record.created_at)
         raise NotFoundError(
             f"sandbox {reference!r} not found; "
             "`sandboxer list` shows existing sandboxes",
@@ -681,7 +685,7 @@ class SandboxManager:
     def orphans(
         self, *, remove: bool = False
     ) -> tuple[builtins.list[ManagedResource], dict[str, str]]:
-        """Backend resources whose sandbox has no live record, and errors.
+        """Backend resources of sandboxes destroyed here, and errors.
 
         With `remove`, each orphaned sandbox's resources are destroyed through
         its extension (by sandbox id, as `destroy` would); failures are
@@ -689,16 +693,18 @@ class SandboxManager:
         """
         records = {record.id: record for record in self.sandboxes.list()}
         resources, errors = self.plugins.list_resources()
+        # Only sandboxes this data directory knows and has destroyed count:
+        # an id with no record here may belong to another SANDBOXER_HOME on
+        # the same host (another CI runner, a server), and is left alone.
         orphaned = [
             resource
             for resource in resources
-            if resource.sandbox_id is not None
-            and not (
-                resource.sandbox_id in records and records[resource.sandbox_id].is_live
-            )
+            if resource.sandbox_id in records
+            and not records[resource.sandbox_id].is_live
         ]
         if remove:
-            for sandbox in _sandboxes_owning(orphaned, records):
+            owners = sorted({str(resource.sandbox_id) for resource in orphaned})
+            for sandbox in (records[sandbox_id] for sandbox_id in owners):
                 try:
                     self.plugins.destroy(sandbox)
                     logger.info("removed orphaned resources of %s", sandbox.id)
@@ -853,6 +859,7 @@ class SandboxManager:
     ) -> builtins.list[SnapshotRecord]:
         """Snapshot records matching every given filter, oldest first."""
         wanted = _parse_status(SnapshotStatus, status, "snapshot")
+        sandbox_id = self._sandbox_id(sandbox) if sandbox is not None else None
         found = [
             record
             for record in self.snapshots.list()
@@ -861,10 +868,17 @@ class SandboxManager:
                 or include_deleted
                 or record.status is not SnapshotStatus.DELETED
             )
-            and (sandbox is None or record.sandbox_id == sandbox)
+            and (sandbox_id is None or record.sandbox_id == sandbox_id)
             and _matches(record, wanted, extension, labels)
         ]
         return sorted(found, key=lambda record: (record.created_at, record.id))
+
+    def _sandbox_id(self, reference: str) -> str:
+        """The id a sandbox reference (id or name) means, else the reference."""
+        try:
+            return self.get(reference).id
+        except NotFoundError:
+            return reference
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord:
         try:
@@ -969,36 +983,17 @@ class SandboxManager:
         return restored
 
 
-def _sandboxes_owning(
-    resources: list[ManagedResource], records: dict[str, Sandbox]
-) -> list[Sandbox]:
-    """A record per orphaned sandbox id: the stored one, or a minimal stand-in."""
-    owners: dict[str, Sandbox] = {}
-    for resource in resources:
-        sandbox_id = resource.sandbox_id
-        if sandbox_id is None or sandbox_id in owners or resource.extension is None:
-            continue
-        now = utcnow()
-        stand_in = Sandbox(
-            id=sandbox_id,
-            extension=resource.extension,
-            status=SandboxStatus.DESTROYED,
-            created_at=now,
-            updated_at=now,
-            config={"host": resource.host} if resource.host else {},
-            provider_data={"host": resource.host} if resource.host else {},
-        )
-        owners[sandbox_id] = records.get(sandbox_id, stand_in)
-    return list(owners.values())
-
-
 def _name_is_free(name: str | None) -> Callable[[builtins.list[Sandbox]], None] | None:
     if name is None:
         return None
 
     def check(records: builtins.list[Sandbox]) -> None:
         for record in records:
-            if record.name == name and record.is_live:
+            if (
+                record.name == name
+                and record.is_live
+                and record.status is not SandboxStatus.FAILED
+            ):
                 raise ConflictError(
                     f"a sandbox named {name!r} already exists ({record.id}); "
                     "choose another name or destroy it first",

@@ -102,7 +102,11 @@ def cli(
     Every command accepts --json for machine-readable output. Errors are one
     line on stderr; `exec` exits with the command's own status.
     """
-    if verbose:
+    if not verbose:
+        # Errors reach the user as the one line below; extension warnings
+        # that repeat them would only add noise (-v shows them).
+        logging.basicConfig(level=logging.ERROR, format="sandboxer: %(message)s")
+    else:
         logging.basicConfig(
             level=logging.DEBUG if verbose > 1 else logging.INFO,
             format="%(levelname)s %(name)s: %(message)s",
