@@ -377,13 +377,21 @@ def test_a_malformed_create_body_is_422_naming_the_key(
 
 
 def test_invalid_json_is_422_with_one_line(client: TestClient) -> None:
-    response = client.post("/v1/sandboxes", content=b'{"name": ')
+    response = client.post(
+        "/v1/sandboxes",
+        content=b'{"name": ',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 422
     assert "not valid JSON" in error_of(response)["message"]
 
 
 def test_nan_is_not_accepted_as_a_number(client: TestClient) -> None:
-    response = client.post("/v1/sandboxes", content=b'{"ttl_seconds": NaN}')
+    response = client.post(
+        "/v1/sandboxes",
+        content=b'{"ttl_seconds": NaN}',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 422
 
 
@@ -1279,3 +1287,35 @@ def test_exec_output_and_input_may_be_handled_on_the_extensions_own_threads(
     )
     assert data == b"hi"
     assert events[-1]["exit_code"] == 0
+
+
+def test_a_json_body_sent_as_text_is_refused(client: TestClient) -> None:
+    """A browser's cross-site "simple" request cannot carry a JSON body."""
+    response = client.post(
+        "/v1/sandboxes",
+        content=b'{"extension": "ext.saas-stub"}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert response.status_code == 422
+    assert "application/json" in error_of(response)["message"]
+    assert client.get("/v1/sandboxes").json() == []
+
+
+def test_a_loopback_server_answers_only_loopback_host_names(
+    manager: SandboxManager,
+) -> None:
+    app = create_app(manager, allowed_hosts=("127.0.0.1", "localhost"))
+    with TestClient(app, base_url="http://127.0.0.1:8787") as local:
+        assert local.get("/v1/sandboxes").status_code == 200
+        rebound = local.get(
+            "/v1/sandboxes", headers={"Host": "rebind.evil.example:8787"}
+        )
+        assert rebound.status_code == 403
+        assert error_of(rebound)["code"] == "forbidden"
+        created = local.post(
+            "/v1/sandboxes",
+            json={"extension": "ext.saas-stub"},
+            headers={"Host": "rebind.evil.example"},
+        )
+        assert created.status_code == 403
+        assert local.get("/v1/sandboxes").json() == []

@@ -103,6 +103,14 @@ class AuthenticationError(SandboxerError):
     http_status = 401
 
 
+class ForbiddenError(SandboxerError):
+    """The request may not be served here at all (e.g. a foreign Host name)."""
+
+    code = "forbidden"
+    exit_code = 11
+    http_status = 403
+
+
 class UnsafeArchiveError(InvalidInputError):
     """An archive member would land outside its root or is of a refused kind."""
 
@@ -120,5 +128,6 @@ ERROR_CLASSES: tuple[type[SandboxerError], ...] = (
     StoreError,
     ConfigError,
     AuthenticationError,
+    ForbiddenError,
     UnsafeArchiveError,
 )

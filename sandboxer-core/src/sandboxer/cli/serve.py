@@ -10,6 +10,8 @@ import click
 from sandboxer.cli.context import CliState, pass_state
 from sandboxer.errors import InvalidInputError
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
 
 def is_loopback(host: str) -> bool:
     """True for addresses that only this machine can reach."""
@@ -38,7 +40,8 @@ def read_token(token_file: str | None) -> str | None:
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False, exists=True),
-    help="File with the bearer token clients must send [env: SANDBOXER_SERVE_TOKEN].",
+    help="File with the bearer token clients must send (or put the token itself "
+    "in SANDBOXER_SERVE_TOKEN).",
 )
 @pass_state
 def serve(state: CliState, host: str, port: int, token_file: str | None) -> None:
@@ -60,7 +63,13 @@ def serve(state: CliState, host: str, port: int, token_file: str | None) -> None
     from sandboxer.http.app import create_app
     from sandboxer.manager import SandboxManager
 
-    app = create_app(SandboxManager.from_environment(), token=token)
+    # Without a token (loopback only), answer only loopback host names, so a
+    # web page cannot reach this server by rebinding its own name to 127.0.0.1.
+    app = create_app(
+        SandboxManager.from_environment(),
+        token=token,
+        allowed_hosts=None if token else LOOPBACK_NAMES,
+    )
     click.echo(f"sandboxer: serving on http://{host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandboxer.errors import AuthenticationError, SandboxerError
+from sandboxer.errors import AuthenticationError, ForbiddenError, SandboxerError
 from sandboxer.http.endpoints import Endpoint, Services
 from sandboxer.http.errors import (
     ErrorBoundary,
@@ -58,6 +58,7 @@ def create_app(
     worker_threads: int = DEFAULT_WORKER_THREADS,
     backend_threads: int = DEFAULT_BACKEND_THREADS,
     background_jobs: int = DEFAULT_BACKGROUND_JOBS,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Starlette:
     """The HTTP API over `manager`.
 
@@ -70,6 +71,9 @@ def create_app(
     a backend (create, exec, transfers, snapshots, ...), streams included,
     so long commands cannot starve quick requests. `background_jobs` bounds
     snapshots and restores finishing after a `wait: false` answer.
+    `allowed_hosts`, when given, are the only `Host` header names answered
+    (others get 400): `sandboxer serve` on loopback without a token passes
+    the loopback names, so a web page cannot reach it by DNS rebinding.
     """
     services = Services(
         manager=manager,
@@ -91,6 +95,11 @@ def create_app(
         routes=list(_routes(ENDPOINTS)),
         middleware=[
             Middleware(ErrorBoundary),
+            *(
+                [Middleware(HostAllowList, names=frozenset(allowed_hosts))]
+                if allowed_hosts is not None
+                else []
+            ),
             Middleware(BearerAuth, token=token, public_paths=_public_paths(ENDPOINTS)),
         ],
         exception_handlers={
@@ -104,6 +113,28 @@ def create_app(
     app.state.services = services
     app.state.openapi = build_openapi(ENDPOINTS)
     return app
+
+
+class HostAllowList:
+    """ASGI middleware answering only requests whose Host name is allowed."""
+
+    def __init__(self, app: ASGIApp, names: frozenset[str]) -> None:
+        self.app = app
+        self.names = names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in self.names:
+                error = ForbiddenError(
+                    f"this server answers only {', '.join(sorted(self.names))} "
+                    f"as Host, not {host!r}; start it with --token-file to serve "
+                    "other names"
+                )
+                await response_for(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BearerAuth:

@@ -24,6 +24,7 @@ from attrs import frozen
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sandboxer.errors import InvalidInputError
 from sandboxer.http.errors import PayloadTooLargeError
 from sandboxer.http.parsing import parse_json, parse_query, structure_request
 from sandboxer.http.schemas import NoBody
@@ -150,9 +151,22 @@ class Endpoint:
             limit = services.max_json_bytes
             if self.carries_input:
                 limit = services.max_exec_body_bytes
-            data = parse_json(await read_limited(request, limit))
+            raw = await read_limited(request, limit)
+            if raw and not _is_json(request.headers.get("content-type", "")):
+                # Browsers send cross-site "simple" requests only as text or
+                # forms; insisting on JSON makes them ask first, and we never
+                # answer their CORS preflight.
+                raise InvalidInputError(
+                    "send the request body as Content-Type: application/json"
+                )
+            data = parse_json(raw)
             body = structure_request(data, self.body, "request body")
         return await self.handler(Call(request, services, query, body))
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 class EndpointTable:
