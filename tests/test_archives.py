@@ -629,3 +629,33 @@ def test_a_100_megabyte_stream_validates_with_bounded_memory(tmp_path: Path) -> 
     assert summary.file_bytes == 100 * 1024 * 1024
     assert summary.size_bytes > summary.file_bytes
     assert peak < 32 * 1024 * 1024
+
+
+def _pax_archive(*members: tarfile.TarInfo) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for member in members:
+            archive.addfile(
+                member, io.BytesIO(b"x" * member.size) if member.isfile() else None
+            )
+    return buffer.getvalue()
+
+
+def test_sparse_name_headers_that_gnu_tar_would_read_differently_are_refused() -> None:
+    link = tarfile.TarInfo("d1/d2/l")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "../../etc"
+    link.pax_headers = {"GNU.sparse.name": "escape", "path": "d1/d2/l"}
+    data = _pax_archive(link)
+
+    with pytest.raises(UnsafeArchiveError, match="GNU sparse"):
+        validate_stream(io.BytesIO(data))
+
+
+def test_names_longer_than_any_file_system_takes_are_refused() -> None:
+    member = tarfile.TarInfo("a/" + "n" * 5000)
+    member.size = 1
+
+    with pytest.raises(UnsafeArchiveError, match="longer than 4096 bytes") as caught:
+        validate_stream(io.BytesIO(_pax_archive(member)))
+    assert len(caught.value.message) < 300

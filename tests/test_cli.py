@@ -501,3 +501,34 @@ def test_snapshots_can_be_listed_by_sandbox_name(
         s["id"] for s in run_json(runner, "snapshots", "list", "--sandbox", "demo")
     ] == [snapshot["id"]]
     assert run_json(runner, "snapshots", "list", "--sandbox", "no-such-box") == []
+
+
+def test_stub_refuses_shell_syntax_it_cannot_run(
+    runner: CliRunner, sandbox: dict[str, Any]
+) -> None:
+    for script in ("echo hi > /workspace/a", "echo a && false", "true; false"):
+        result = run(runner, "exec", "demo", "--", "sh", "-c", script)
+        assert result.exit_code == 5, script
+        assert "shell syntax" in result.stderr
+
+
+def test_arguments_that_are_not_utf8_are_refused_before_running(
+    runner: CliRunner, sandbox: dict[str, Any]
+) -> None:
+    result = run(runner, "exec", "demo", "--", "echo", "bad\udcff")
+    assert result.exit_code == 2
+    assert "valid UTF-8" in result.stderr
+
+
+def test_a_token_file_that_is_not_text_is_one_clear_error(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe")
+    for arguments in (
+        ["--url", "http://127.0.0.1:9", "--token-file", str(token), "list"],
+        ["serve", "--token-file", str(token)],
+    ):
+        result = run(runner, *arguments)
+        assert result.exit_code == 2, arguments
+        assert result.stderr.startswith("sandboxer: error: cannot read token file")

@@ -468,6 +468,7 @@ class ArchiveValidator:
 
     def check(self, member: tarfile.TarInfo) -> str:
         """Check `member`; return its normalised name ("" for the root itself)."""
+        _check_headers(member)
         parts = _name_parts(member)
         path = "/".join(parts)
         if not parts:
@@ -555,6 +556,28 @@ class ArchiveValidator:
                 member,
                 f"its hardlink target {target!r} is not an earlier regular file "
                 "in the archive",
+            )
+
+
+MAX_NAME_BYTES = 4096
+
+
+def _check_headers(member: tarfile.TarInfo) -> None:
+    """Refuse headers that other tar readers could read differently.
+
+    GNU tar takes a member's name from `GNU.sparse.*` PAX keys in preference
+    to `path`, which Python's tarfile reads, so an archive could show one
+    name to this check and another to the tar that extracts it. sandboxer
+    never writes sparse members, so such keys are refused outright; so are
+    names longer than any file system accepts.
+    """
+    if any(key.startswith("GNU.sparse") for key in member.pax_headers):
+        _refuse(member, "GNU sparse headers are not accepted")
+    for name in (member.name, member.linkname):
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise UnsafeArchiveError(
+                f"refusing archive member {name[:80]!r}...: its name or link "
+                f"target is longer than {MAX_NAME_BYTES} bytes"
             )
 
 

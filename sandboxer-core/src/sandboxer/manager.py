@@ -135,6 +135,7 @@ def validate_exec_request(request: ExecRequest) -> None:
             raise InvalidInputError(
                 "command arguments must be strings without NUL bytes"
             )
+        _require_utf8(argument, "command arguments")
     for key, value in request.env.items():
         if not ENV_KEY_PATTERN.match(key):
             raise InvalidInputError(
@@ -146,10 +147,21 @@ def validate_exec_request(request: ExecRequest) -> None:
             raise InvalidInputError(
                 f"environment variable {key!r} must be a string without NUL"
             )
+        _require_utf8(value, f"environment variable {key!r}")
     if request.workdir is not None:
         validate_sandbox_path(request.workdir, "workdir")
     if request.timeout is not None and not 0 < request.timeout <= 7 * 24 * 3600:
         raise InvalidInputError("timeout must be a positive number of seconds")
+
+
+def _require_utf8(value: str, what: str) -> None:
+    """Refuse text that cannot be sent on as UTF-8 (undecodable shell bytes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(
+            f"{what} must be valid UTF-8 text; {value!r} is not"
+        ) from None
 
 
 def validate_sandbox_path(path: str, what: str) -> str:

@@ -252,7 +252,13 @@ class SaasStubExtension(SandboxExtension):
         self._live_state(sandbox)
         argv = list(request.argv)
         if argv[:2] == ["sh", "-c"] and len(argv) >= 3:
-            argv = shlex.split(argv[2])
+            script = argv[2]
+            argv = shlex.split(script)
+            if not argv or any(character in script for character in "><|;&$`"):
+                raise UnsupportedError(
+                    f"shell syntax in {script!r} is not supported by "
+                    f"{EXTENSION_ID}; it runs one simple command per `sh -c`"
+                )
         program, arguments = argv[0], argv[1:]
         stdin = streams.stdin
         if program == "echo":

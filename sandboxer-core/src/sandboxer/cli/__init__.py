@@ -117,8 +117,13 @@ def cli(
         for library in NOISY_LIBRARIES:
             logging.getLogger(library).setLevel(logging.WARNING)
     if token_file:
-        with open(token_file, encoding="utf-8") as file:
-            token = file.read().strip()
+        from sandboxer.cli.serve import read_token_file
+
+        try:
+            token = read_token_file(token_file)
+        except SandboxerError as error:
+            click.echo(f"sandboxer: error: {error.message}", err=True)
+            ctx.exit(error.exit_code)
     ctx.obj = CliState(url=url, token=token)
 
 

@@ -26,12 +26,22 @@ def is_loopback(host: str) -> bool:
 def read_token(token_file: str | None) -> str | None:
     """The bearer token from --token-file or SANDBOXER_SERVE_TOKEN, if any."""
     if token_file:
-        with open(token_file, encoding="utf-8") as file:
-            token = file.read().strip()
-        if not token:
-            raise InvalidInputError(f"token file {token_file} is empty")
-        return token
+        return read_token_file(token_file)
     return os.environ.get("SANDBOXER_SERVE_TOKEN") or None
+
+
+def read_token_file(path: str) -> str:
+    """The token in a file, stripped; an empty or non-text file is refused."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"cannot read token file {path}: {error}") from None
+    if not token or any(not character.isprintable() for character in token):
+        raise InvalidInputError(
+            f"token file {path} must hold one line of printable text"
+        )
+    return token
 
 
 @click.command()
