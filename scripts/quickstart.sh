@@ -58,6 +58,7 @@ cmp "$work/notes.txt" "$work/notes-back.txt"
 echo "round trip identical: $(cat "$work/notes-back.txt")"
 
 step "checkpoint the workspace"
+printf '$ %s snapshot %s --label purpose=quickstart --json\n' "${sandboxer[*]}" "$source_name"
 snapshot_json=$("${sandboxer[@]}" snapshot "$source_name" --label purpose=quickstart --json)
 snapshot_id=$(json_id <<<"$snapshot_json")
 show "${sandboxer[@]}" snapshots get "$snapshot_id"
@@ -94,5 +95,4 @@ for id in "${ids[@]}"; do
     fi
   done
 done
-show docker ps -a --filter label=sandboxer.managed
-step "done: nothing of the quick start's sandboxes is left on the host"
+step "done: no container, volume or network of ${ids[*]} is left on the host"

@@ -204,7 +204,7 @@ def test_readme_quick_start_script_runs_end_to_end(tmp_path: Path) -> None:
     output = result.stdout.decode()
     assert result.returncode == 0, output[-3000:] + result.stderr.decode()[-3000:]
     assert "restored /workspace/notes.txt: written on" in output
-    assert "nothing of the quick start's sandboxes is left" in output
+    assert "is left on the host" in output
 
 
 def test_destroy_on_an_unreachable_host_keeps_the_record_until_forced(
