@@ -223,3 +223,29 @@ def test_extension_whose_describe_disagrees_with_its_entry_point_is_refused() ->
     assert host.register(RecordingExtension("ext.real-name"), "ext.other-name") is False
     (report,) = host.reports()
     assert "registered as 'ext.other-name'" in (report.error or "")
+
+
+class MisconfiguredExtension(RecordingExtension):
+    """Destroy fails the way a host removed from the config file makes it."""
+
+    def sandboxer_destroy(self, sandbox: Any) -> None:
+        from sandboxer.errors import ConfigError
+
+        raise ConfigError(f"sandbox {sandbox.id} lives on host 'gone', not configured")
+
+
+def test_any_destroy_failure_leaves_the_record_failed_not_destroying(
+    data_dir: Path,
+) -> None:
+    host = PluginHost()
+    host.register(MisconfiguredExtension("ext.gone"), "ext.gone")
+    manager = SandboxManager(
+        host, JsonSandboxStore(data_dir), JsonSnapshotStore(data_dir)
+    )
+    record = manager.create(extension="ext.gone")
+
+    with pytest.raises(Exception, match="not configured"):
+        manager.destroy(record.id)
+
+    assert manager.get(record.id).status.value == "failed"
+    assert manager.destroy(record.id, force=True).status.value == "destroyed"

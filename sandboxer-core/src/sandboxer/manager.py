@@ -32,7 +32,6 @@ from sandboxer.config import data_dir, load_config
 from sandboxer.errors import (
     BackendError,
     ConflictError,
-    ExtensionUnavailableError,
     InvalidInputError,
     NotFoundError,
     SandboxerError,
@@ -557,7 +556,7 @@ class SandboxManager:
         )
         try:
             self.plugins.destroy(record)
-        except (BackendError, ExtensionUnavailableError) as error:
+        except SandboxerError as error:
             if not force:
                 self._set_status(record.id, SandboxStatus.FAILED, error=error.message)
                 raise
