@@ -21,6 +21,7 @@ import builtins
 import logging
 import re
 import secrets
+import tarfile
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -111,6 +112,39 @@ class CappedBuffer:
     def getvalue(self) -> bytes:
         self._trim()
         return bytes(self._data)
+
+
+class TarHeadChecked:
+    """A byte stream whose first 512-byte block must be a valid tar header.
+
+    Reading it gives the original bytes; the check happens on creation.
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        head = b""
+        while len(head) < tarfile.BLOCKSIZE:
+            chunk = source.read(tarfile.BLOCKSIZE - len(head))
+            if not chunk:
+                break
+            head += chunk
+        try:
+            tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as error:
+            if head.count(0) != len(head) or not head:
+                raise InvalidInputError(
+                    f"the uploaded data is not a tar archive ({error})"
+                ) from None
+        self._head = head
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._head:
+            if size is None or size < 0:
+                data, self._head = self._head + self._source.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._source.read(size)
 
 
 def validate_ttl(ttl_seconds: int | None) -> int | None:
@@ -522,9 +556,15 @@ class SandboxManager:
         archive: IO[bytes],
         progress: Progress = no_progress,
     ) -> Sandbox:
-        """Unpack a tar stream into the sandbox below `destination`."""
+        """Unpack a tar stream into the sandbox below `destination`.
+
+        The stream's first header is checked here, so input that is not a
+        tar archive is refused as bad input whatever the backend would say.
+        """
         validate_sandbox_path(destination, "destination")
         record = self._require_ready(reference)
+        if self.plugins.implements(record.extension, "sandboxer_put_files"):
+            archive = TarHeadChecked(archive)  # type: ignore[assignment]
         self.plugins.put_files(record, destination, archive, progress)
         return record
 
