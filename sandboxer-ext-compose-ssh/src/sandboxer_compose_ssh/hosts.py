@@ -162,7 +162,7 @@ def _parse_host(name: str, table: Mapping[str, Any]) -> HostConfig:
         known_hosts=str(Path(known_hosts).expanduser()),
         docker_command=docker_command,
         connect_timeout=_positive_number(table, name, "connect_timeout", 10.0),
-        max_sessions=int(_positive_number(table, name, "max_sessions", 10)),
+        max_sessions=_whole_number(table, name, "max_sessions", 10),
         tool_image=tool_image,
     )
 
@@ -175,9 +175,11 @@ def _parse_url(name: str, url: str) -> tuple[str, int, str]:
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.password:
         raise _config_error(key, f"{url!r}: only user, host and port may be given")
     try:
-        port = parts.port or 22
+        port = parts.port if parts.port is not None else 22
     except ValueError as error:
         raise _config_error(key, f"{url!r}: {error}") from error
+    if port == 0:
+        raise _config_error(key, f"{url!r}: port 0 is not a port to connect to")
     return parts.hostname, port, parts.username or getpass.getuser()
 
 
@@ -199,6 +201,15 @@ def _positive_number(
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise _config_error(f"hosts.{name}.{key}", "must be a positive number")
     return float(value)
+
+
+def _whole_number(table: Mapping[str, Any], name: str, key: str, default: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _config_error(
+            f"hosts.{name}.{key}", "must be a whole number of 1 or more"
+        )
+    return value
 
 
 def _config_error(key: str, problem: str) -> ConfigError:

@@ -25,6 +25,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sandboxer.errors import InvalidInputError
@@ -38,6 +39,10 @@ IDLE_COMMAND = ("tail", "-f", "/dev/null")
 # Docker refuses memory limits below 6 MiB.
 MINIMUM_MEMORY = 6 * 1024 * 1024
 MAXIMUM_CPUS = 1024
+# Docker schedules CPU in hundredths; anything finer is rounded to nothing.
+MINIMUM_CPUS = 0.01
+# Far above any machine, yet inside the 64-bit number Docker stores.
+MAXIMUM_MEMORY = 2**50
 
 ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
@@ -188,14 +193,15 @@ def _absolute_path(settings: Mapping[str, Any], key: str, default: str) -> str:
         raise _invalid(key, f"{value!r} is not an absolute path such as /workspace")
     if any(ord(char) < 32 for char in value):
         raise _invalid(key, "must not contain control characters")
-    return posixpath.normpath(value)
+    # normpath keeps a leading "//" (POSIX allows it a meaning); we do not.
+    return "/" + posixpath.normpath(value).lstrip("/")
 
 
 def _cpus(value: object) -> float | None:
     if value is None:
         return None
     number = _number(value)
-    if number is None or not 0 < number <= MAXIMUM_CPUS:
+    if number is None or not MINIMUM_CPUS <= number <= MAXIMUM_CPUS:
         raise _invalid("cpus", f"{value!r} is not a number of CPUs such as 1.5")
     return number
 
@@ -211,9 +217,12 @@ def _memory(value: object) -> int | None:
             raise _invalid(
                 "memory", f"{value!r} is not a size such as 536870912, '512m' or '2g'"
             )
-        amount = int(float(match.group(1)) * MEMORY_UNITS[match.group(2).lower()])
+        # Decimal, not float: a number too long for a float is still a size.
+        amount = int(Decimal(match.group(1)) * MEMORY_UNITS[match.group(2).lower()])
     if amount < MINIMUM_MEMORY:
         raise _invalid("memory", f"{value!r} is below Docker's minimum of 6m")
+    if amount > MAXIMUM_MEMORY:
+        raise _invalid("memory", f"{value!r} is more than any host has (1024t at most)")
     return amount
 
 
