@@ -594,6 +594,19 @@ def test_a_workspace_with_a_fifo_is_refused_at_snapshot_time(
         manager.snapshot(sandbox.id)
 
 
+def test_a_workspace_with_an_absolute_symlink_is_refused_at_snapshot_time(
+    tracked: Sandboxes, manager: SandboxManager
+) -> None:
+    """Restore would refuse it, so the snapshot says so at once."""
+    sandbox = tracked.create()
+    tracked.run(sandbox, "mkdir -p /workspace/venv/bin")
+    tracked.run(sandbox, "ln -s /usr/bin/python3 /workspace/venv/bin/python")
+
+    with pytest.raises(InvalidInputError, match="./venv/bin/python"):
+        manager.snapshot(sandbox.id)
+    assert manager.list_snapshots(sandbox=sandbox.id, status="ready") == []
+
+
 # --- helpers --------------------------------------------------------------------
 
 

@@ -373,9 +373,10 @@ exit "$failed"
 # capabilities are not captured, sparse files are restored fully allocated,
 # and sockets are skipped (with a warning from GNU tar).
 #
-# Limitation: a workspace holding a fifo or a device node cannot be
-# snapshotted: restore refuses such members, so the snapshot is refused up
-# front, naming the first one.
+# Limitation: a workspace holding a fifo, a device node or a symlink with an
+# absolute target cannot be snapshotted: restore refuses such members, so
+# the snapshot is refused up front, naming the first one. A relative link
+# climbing out of the workspace is only refused at restore.
 #
 # Limitation: without `--pause`, a file written while the archive is made
 # may be captured half-written; GNU tar's "file changed as we read it" is
@@ -389,6 +390,15 @@ special=$(find . \( -type p -o -type b -o -type c \) -print | head -n 1)
 if [ -n "$special" ]; then
     echo "the workspace holds a fifo or device node, $special; restore refuses" \
         "those, so remove it before taking a snapshot" >&2
+    exit 211
+fi
+outward=$(find . -type l | while IFS= read -r link; do
+    case $(readlink "$link") in /*) printf '%s\n' "$link"; break ;; esac
+done)
+if [ -n "$outward" ]; then
+    echo "the workspace holds a symlink with an absolute target, $outward;" \
+        "restore refuses links that leave the workspace, so make it relative" \
+        "or remove it before taking a snapshot" >&2
     exit 211
 fi
 exec "$gnu_tar" --create --file=/archive --format=pax --numeric-owner \
