@@ -543,7 +543,34 @@ class LocalConnection(Connection):
             ) from None
 
 
-class _PopenProcess(_Process):
+class _LocalProcess(_Process):
+    """What both kinds of local process share: a `subprocess.Popen`."""
+
+    _popen: subprocess.Popen[bytes]
+
+    def wait(self, timeout: float | None) -> bool:
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def exit_code(self) -> int | None:
+        # A negative code means our own client process died of a signal: the
+        # command's status is unknown.
+        code = self._popen.returncode
+        return None if code is None or code < 0 else code
+
+    def abandon(self) -> None:
+        self._popen.kill()
+
+    def _end(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+        self._popen.wait()
+
+
+class _PopenProcess(_LocalProcess):
     def __init__(self, argv: Sequence[str]) -> None:
         self._popen = subprocess.Popen(
             list(argv),
@@ -572,31 +599,13 @@ class _PopenProcess(_Process):
     def read_stderr(self) -> bytes:
         return self._stderr.read(CHUNK_SIZE) or b""
 
-    def wait(self, timeout: float | None) -> bool:
-        try:
-            self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def exit_code(self) -> int | None:
-        # A negative code means our own client process died of a signal: the
-        # command's status is unknown.
-        code = self._popen.returncode
-        return None if code is None or code < 0 else code
-
-    def abandon(self) -> None:
-        self._popen.kill()
-
     def close(self) -> None:
-        if self._popen.poll() is None:
-            self._popen.kill()
-        self._popen.wait()
+        self._end()
         for stream in (self._stdin, self._stdout, self._stderr):
             stream.close()
 
 
-class _PtyProcess(_Process):
+class _PtyProcess(_LocalProcess):
     """A local command on a pseudo-terminal: one merged output stream.
 
     Limitation: on the local host, a terminal's end of input is sent as
@@ -641,24 +650,8 @@ class _PtyProcess(_Process):
     def read_stderr(self) -> bytes:
         return b""
 
-    def wait(self, timeout: float | None) -> bool:
-        try:
-            self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def exit_code(self) -> int | None:
-        code = self._popen.returncode
-        return None if code is None or code < 0 else code
-
-    def abandon(self) -> None:
-        self._popen.kill()
-
     def close(self) -> None:
-        if self._popen.poll() is None:
-            self._popen.kill()
-        self._popen.wait()
+        self._end()
         os.close(self._master)
 
 
