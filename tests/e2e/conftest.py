@@ -28,11 +28,14 @@ import pytest
 from compose_ssh_helpers import HostShell, Ran, SandboxFactory
 
 from sandboxer.config import load_config
+from sandboxer.manager import SandboxManager
 from sandboxer.models import (
     ExecRequest,
     ExecStreams,
     Sandbox,
 )
+from sandboxer.plugins import PluginHost
+from sandboxer.stores import JsonSandboxStore, JsonSnapshotStore
 from sandboxer_compose_ssh.connections import connect
 from sandboxer_compose_ssh.extension import ComposeSshExtension
 from sandboxer_compose_ssh.hosts import load_hosts
@@ -100,6 +103,23 @@ def extension(e2e_environment: Path) -> Iterator[ComposeSshExtension]:
     instance = ComposeSshExtension()
     yield instance
     instance.close()
+
+
+@pytest.fixture(scope="session")
+def manager(extension: ComposeSshExtension, e2e_environment: Path) -> SandboxManager:
+    """A manager over the session's extension instance and data directory."""
+    plugins = PluginHost()
+    plugins.register(
+        extension, "ext.compose-ssh", distribution="sandboxer-ext-compose-ssh"
+    )
+    home = e2e_environment / "home"
+    return SandboxManager(
+        plugins,
+        JsonSandboxStore(home),
+        JsonSnapshotStore(home),
+        ready_timeout=120.0,
+        poll_interval=0.1,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -25,10 +25,7 @@ from compose_ssh_helpers import NOTHING, HostShell
 
 from sandboxer.manager import SandboxManager
 from sandboxer.models import Sandbox, SandboxStatus, SnapshotRecord, SnapshotStatus
-from sandboxer.plugins import PluginHost
-from sandboxer.stores import JsonSandboxStore, JsonSnapshotStore
 from sandboxer_compose_ssh.compose import project_names
-from sandboxer_compose_ssh.extension import ComposeSshExtension
 
 pytestmark = pytest.mark.e2e
 
@@ -72,22 +69,6 @@ ps -eo pid=,comm=,args= | while read -r pid command args; do
     case $args in *"$text"*) kill -KILL "$pid" ;; esac
 done
 """
-
-
-@pytest.fixture(scope="module")
-def manager(extension: ComposeSshExtension, e2e_environment: Path) -> SandboxManager:
-    plugins = PluginHost()
-    plugins.register(
-        extension, "ext.compose-ssh", distribution="sandboxer-ext-compose-ssh"
-    )
-    home = e2e_environment / "home"
-    return SandboxManager(
-        plugins,
-        JsonSandboxStore(home),
-        JsonSnapshotStore(home),
-        ready_timeout=120.0,
-        poll_interval=0.1,
-    )
 
 
 @pytest.fixture

@@ -38,8 +38,7 @@ from sandboxer.models import (
     no_progress,
     utcnow,
 )
-from sandboxer.plugins import PluginHost
-from sandboxer.stores import JsonSandboxStore, JsonSnapshotStore
+from sandboxer.stores import JsonSnapshotStore
 from sandboxer_compose_ssh.extension import ComposeSshExtension
 
 pytestmark = pytest.mark.e2e
@@ -171,23 +170,6 @@ class Sandboxes:
                 self.manager.delete_snapshot(snapshot_id)
         for sandbox_id in self.sandbox_ids:
             self.manager.destroy(sandbox_id)
-
-
-@pytest.fixture(scope="module")
-def manager(extension: ComposeSshExtension, e2e_environment: Path) -> SandboxManager:
-    """A manager over the session's extension instance and data directory."""
-    plugins = PluginHost()
-    plugins.register(
-        extension, "ext.compose-ssh", distribution="sandboxer-ext-compose-ssh"
-    )
-    home = e2e_environment / "home"
-    return SandboxManager(
-        plugins,
-        JsonSandboxStore(home),
-        JsonSnapshotStore(home),
-        ready_timeout=120.0,
-        poll_interval=0.1,
-    )
 
 
 @pytest.fixture(scope="module")
